@@ -92,6 +92,8 @@ def read_header(folder: Path, name: str) -> Header:
         problems.append(f"signal length {h.sig_len!r}")
     if not h.n_sig:
         problems.append("no signals")
+    elif any(len(getattr(h, f) or []) != h.n_sig for f in ("sig_name", "fmt", "file_name")):
+        problems.append(f"{h.n_sig} signals declared but {len(h.sig_name or [])} signal lines")
     if problems:
         raise RecordError(name, f"header file {name}.hea is invalid: {', '.join(problems)}")
     return Header(
