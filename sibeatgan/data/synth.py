@@ -203,7 +203,7 @@ def synth_record(name: str, config: SynthConfig, index: int, write_dir: Path) ->
     record.set_defaults()
     record.adc_res, record.adc_zero = [11] * len(leads), [BASELINE] * len(leads)  # as mitdb headers
     record.wrsamp(write_dir=str(write_dir))
-    symbols = ["N" if k == "N" else ANOMALY_SYMBOLS[k] for k in (KINDS[i] for i in kinds)]
+    symbols = np.array([ANOMALY_SYMBOLS.get(k, k) for k in KINDS])[kinds].tolist()
     samples = np.rint(times * fs).astype(np.int64)
     # A leading rhythm annotation, as in mitdb.
     wfdb.wrann(
@@ -211,7 +211,7 @@ def synth_record(name: str, config: SynthConfig, index: int, write_dir: Path) ->
         symbol=["+"] + symbols, aux_note=["(N"] + [""] * len(symbols), fs=fs,
         write_dir=str(write_dir),
     )
-    return dict(Counter(symbols))
+    return dict(sorted(Counter(symbols).items()))
 
 
 def run_synth(config: SynthConfig, out: Path) -> dict[str, Any]:
