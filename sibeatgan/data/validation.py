@@ -166,7 +166,6 @@ def beat_frame(ds: artifact.BeatDataset) -> pd.DataFrame:
     known = (lab >= 0) & (lab < len(names))
     label = np.where(known, names[np.clip(lab, 0, len(names) - 1)], lab.astype(str).astype(object))
     return pd.DataFrame({
-        "beat": np.arange(n),
         "record": ds.records,
         "sample": ds.samples,
         "label": label,
@@ -479,6 +478,7 @@ def run_validate(config: ValidateConfig, raw: Path | None, dataset: Path | None,
     """
     if raw is None and dataset is None:
         raise ConfigError("run_validate: give a raw WFDB folder, a dataset folder or both")
+    count_bounds(config)  # a bad config is refused before anything is read or written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_gx():
