@@ -79,16 +79,9 @@ def record_table(folder: Path, names: Sequence[str], required_lead: str, progres
         except RecordError as err:
             row["annotation_error"] = err.problem
         rows.append(row)
-    df = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["record"])
-    for col in ("n_leads", "dat_bytes", "dat_expected_bytes", "n_annotations"):
-        if col in df:
-            df[col] = df[col].astype("Int64")
-    for col in ("fs", "length_s"):
-        if col in df:
-            df[col] = df[col].astype("float64")
-    if "has_required_lead" in df:
-        df["has_required_lead"] = df["has_required_lead"].astype("boolean")
-    return df
+    types = {"fs": "float64", "length_s": "float64", "has_required_lead": "boolean", "n_leads": "Int64",
+             "dat_bytes": "Int64", "dat_expected_bytes": "Int64", "n_annotations": "Int64"}
+    return pd.DataFrame(rows).astype(types)
 
 
 def _dat_sizes(folder: Path, h: wfdb_records.Header) -> tuple[int | None, int | None, str | None]:
