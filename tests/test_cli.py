@@ -1,0 +1,49 @@
+"""The `sibeatgan` command as a user runs it: exit codes, messages and outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def sib(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "sibeatgan.cli", "--log-level", "INFO", *args],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+    )
+
+
+def test_help_lists_every_step():
+    r = sib("--help")
+    assert r.returncode == 0
+    for step in ("synth", "ingest", "validate", "preprocess", "train-teacher", "evaluate", "demo"):
+        assert step in r.stdout
+
+
+def test_synth_then_ingest_logs_what_it_did(tmp_path):
+    r = sib("synth", "--out", str(tmp_path / "src"), "--set", "n_records=2", "--set", "duration_s=60")
+    assert r.returncode == 0, r.stderr
+    assert "synth done" in r.stderr
+    r = sib("ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "raw"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "ingest done" in r.stderr and '"n_records": 2' in r.stderr
+    assert sorted(p.name for p in (tmp_path / "raw").glob("*.hea")) == ["100.hea", "101.hea"]
+
+
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = sib("ingest", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "raw"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "empty" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "raw").exists()
+    r = sib("synth", "--out", str(tmp_path / "s"), "--set", "n_recordz=2")
+    assert r.returncode == 2 and "unknown field(s) n_recordz" in r.stderr
+    r = sib("synth", "--out", str(tmp_path / "s"), "--set", "duration_s=long")
+    assert r.returncode == 2 and "SynthConfig.duration_s" in r.stderr
