@@ -1,0 +1,89 @@
+"""Self-describing checkpoints and generator files, written atomically (temp file, then os.replace).
+
+A training checkpoint holds everything a killed run needs to continue bit for bit: model and
+optimizer states, RNG states, the config, the epoch, the best metric and how it was chosen,
+and the content hash of the dataset it was trained on. A generator file holds the selected
+generator's weights and the hyperparameters to rebuild it, with no optimizer or D.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sibeatgan.errors import SibeatganError
+from sibeatgan.models import Generator
+
+CHECKPOINT_FORMAT = "sibeatgan-teacher-checkpoint"
+GENERATOR_FORMAT = "sibeatgan-generator"
+VERSION = 1
+
+
+class CheckpointError(SibeatganError):
+    """A checkpoint or generator file is missing, corrupt, of another format, or does not fit the run."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temp file beside `path`, then rename over it: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _load(path: str | Path, fmt: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle/zip errors on a truncated or foreign file
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: format {found!r}, expected {fmt!r}")
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{path}: version {obj.get('version')!r}, this code reads version {VERSION}")
+    return obj
+
+
+def save_checkpoint(path: str | Path, **fields: Any) -> Path:
+    """Write a training checkpoint; `fields` are stored as given next to format and version."""
+    return atomic_save({"format": CHECKPOINT_FORMAT, "version": VERSION, **fields}, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (CheckpointError names the file and problem)."""
+    return _load(path, CHECKPOINT_FORMAT, map_location)
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def save_generator(path: str | Path, generator: Generator, **meta: Any) -> Path:
+    """Write the generator's weights and constructor arguments (plus `meta`: epoch, metric, config...)."""
+    return atomic_save(
+        {"format": GENERATOR_FORMAT, "version": VERSION, "hparams": generator.hparams(), "state_dict": cpu_state(generator), **meta},
+        path,
+    )
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """Rebuild a Generator (in eval mode, on `device`) from a generator file; returns it with its metadata."""
+    obj = _load(path, GENERATOR_FORMAT)
+    try:
+        gen = Generator(**obj["hparams"])
+        gen.load_state_dict(obj["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: generator cannot be rebuilt ({type(err).__name__}: {err})") from None
+    meta = {k: v for k, v in obj.items() if k not in ("format", "version", "state_dict")}
+    return gen.to(device).eval(), meta

@@ -1,0 +1,340 @@
+"""BeatGAN teacher training: one D step then one G step per batch, the training set held on the device.
+
+Batches come from a device-side permutation and index_select; the whole step (both forward and
+backward passes and both Adam updates) is one callable, run eagerly or captured once as a CUDA
+graph and replayed. Losses are summed on the device and read once per epoch, so no step waits
+on the host. D is re-initialised, as in the reference, whenever its loss falls below
+`d_reinit_threshold`; the test and the redraw happen inside the step by masking
+(torch.where(flag, fresh_init, weights)), so the decision never leaves the device.
+
+The core (`TeacherTrainer`) needs only torch and numpy; `run_train_teacher` loads the rest lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+from sibeatgan.device import Runtime
+from sibeatgan.evaluate import ranked_metrics, score
+from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
+from sibeatgan.models import Discriminator, Generator
+from sibeatgan.train.checkpoint import CheckpointError, cpu_state, load_checkpoint, save_checkpoint, save_generator
+
+if TYPE_CHECKING:
+    from sibeatgan.config import TeacherConfig
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("loss_d", "loss_g", "loss_rec", "loss_fm", "d_reinits")
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN autotuning, Adam state)
+# Config fields that may change between a run and its resumption: they do not change what is learnt.
+RESUMABLE_CHANGES = ("epochs", "device", "amp", "cuda_graph", "eval_batch_size")
+
+
+class CudaGraphs:
+    """Capture-and-replay of one step callable with torch.cuda.CUDAGraph."""
+
+    def __init__(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+
+    def warmup(self, fn: Callable[[], None]) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+
+    def capture(self, fn: Callable[[], None]) -> None:
+        """Record fn's kernels; like any capture, this runs none of them."""
+        with torch.cuda.graph(self.graph):
+            fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def _xavier_std(weight: torch.Tensor) -> float:
+    receptive = weight[0][0].numel()
+    return math.sqrt(2.0 / ((weight.shape[0] + weight.shape[1]) * receptive))
+
+
+class TeacherTrainer:
+    """Generator, discriminator, their Adam optimizers and the step; `train_epoch` runs one epoch on device data."""
+
+    def __init__(
+        self,
+        nc: int,
+        length: int,
+        runtime: Runtime,
+        *,
+        nz: int = 50,
+        ngf: int = 32,
+        ndf: int = 32,
+        lambda_fm: float = 1.0,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        batch_size: int = 64,
+        d_reinit_threshold: float = 5e-6,
+        seed: int = 0,
+        graphs: Any = None,
+    ):
+        self.rt = runtime
+        dev = runtime.device
+        torch.manual_seed(seed)
+        if runtime.is_cuda:
+            torch.cuda.manual_seed_all(seed)
+        self.G = Generator(nc, length, nz, ngf).to(dev).train()
+        self.D = Discriminator(nc, length, ndf).to(dev).train()
+        self.batch_size = int(batch_size)
+        self.d_reinit_threshold = float(d_reinit_threshold)
+        self.d_loss = DiscriminatorLoss()
+        self.g_loss = GeneratorLoss(lambda_fm)
+        self.graphs = graphs if graphs is not None else (CudaGraphs() if runtime.cuda_graph else None)
+        self._capturable = runtime.is_cuda and isinstance(self.graphs, CudaGraphs)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas, capturable=self._capturable)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas, capturable=self._capturable)
+        self.g_params = list(self.G.parameters())
+        self.perm_gen = torch.Generator(device=dev)
+        self.perm_gen.manual_seed(seed)
+        self.idx = torch.zeros(self.batch_size, dtype=torch.long, device=dev)
+        self.sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float32, device=dev)
+        self.train_x: torch.Tensor | None = None
+        self._warm = 0
+        self._captured = False
+        self._d_init = [
+            (p, 1.0 if isinstance(m, torch.nn.BatchNorm1d) else 0.0, 0.02 if isinstance(m, torch.nn.BatchNorm1d) else _xavier_std(p))
+            for m in self.D.modules()
+            for name, p in m.named_parameters(recurse=False)
+            if name == "weight"
+        ]
+        self._d_zero = [p for m in self.D.modules() for name, p in m.named_parameters(recurse=False) if name == "bias"]
+
+    def set_train_data(self, beats: torch.Tensor) -> None:
+        """Hold the training beats (n, nc, length) on the device for the rest of the run."""
+        if beats.shape[0] < self.batch_size:
+            raise ValueError(f"the training set has {beats.shape[0]} beats, fewer than one batch of {self.batch_size}")
+        if not self._captured:
+            self.train_x = beats.to(self.rt.device, torch.float32).contiguous()
+        elif beats.shape == self.train_x.shape:
+            self.train_x.copy_(beats)  # the captured graph reads this very tensor
+        else:
+            raise RuntimeError(f"training data of shape {tuple(beats.shape)} after capture with {tuple(self.train_x.shape)}")
+
+    @torch.no_grad()
+    def _reinit_d(self, flag: torch.Tensor) -> None:
+        """Where flag is true, redraw D's weights as at construction (Adam state and BN statistics kept, as in the reference)."""
+        for p, mean, std in self._d_init:
+            p.copy_(torch.where(flag, torch.randn_like(p) * std + mean, p))
+        for p in self._d_zero:
+            p.masked_fill_(flag, 0.0)
+
+    def step(self) -> None:
+        """One D step and one G step on the batch train_x[idx]; the same callable runs eagerly and under capture."""
+        x = self.train_x.index_select(0, self.idx)
+        cache = not self._capturable
+        with self.rt.autocast(cache):
+            fake = self.G(x).reconstruction
+            err_d = self.d_loss(self.D(x).logit, self.D(fake.detach()).logit)
+        self.opt_d.zero_grad(set_to_none=True)
+        err_d.backward()
+        self.opt_d.step()
+        with self.rt.autocast(cache):
+            with torch.no_grad():
+                features_real = self.D(x).features
+            g = self.g_loss(x, fake, features_real, self.D(fake).features)
+        self.opt_g.zero_grad(set_to_none=True)
+        torch.autograd.backward(g.total, inputs=self.g_params)
+        self.opt_g.step()
+        with torch.no_grad():
+            flag = err_d.detach() < self.d_reinit_threshold
+            self._reinit_d(flag)
+            self.sums.add_(torch.stack([err_d.detach(), g.total.detach(), g.reconstruction.detach(), g.feature_matching.detach(), flag.float()]))
+
+    def _run_step(self) -> None:
+        if self.graphs is None:
+            self.step()
+        elif self._captured:
+            self.graphs.replay()
+        elif self._warm < WARMUP_STEPS:
+            self.graphs.warmup(self.step)
+            self._warm += 1
+        else:
+            try:
+                self.graphs.capture(self.step)
+            except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
+                log.warning("CUDA graph capture failed (%s: %s); continuing with eager steps", type(err).__name__, err)
+                self.graphs = None
+                self.step()
+                return
+            self._captured = True
+            self.graphs.replay()
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over a fresh permutation (the last partial batch dropped); reads the device once at the end."""
+        if self.train_x is None:
+            raise RuntimeError("set_train_data first")
+        dev = self.rt.device
+        n = self.train_x.shape[0]
+        steps = n // self.batch_size
+        self.G.train()
+        self.D.train()
+        self.sums.zero_()
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=self.perm_gen, device=dev)
+        for i in range(steps):
+            self.idx.copy_(perm[i * self.batch_size : (i + 1) * self.batch_size])
+            self._run_step()
+        sums = self.sums.tolist()
+        seconds = time.perf_counter() - start
+        out = {name: value / steps for name, value in zip(LOSS_NAMES, sums)}
+        out["d_reinits"] = int(round(sums[-1]))
+        out.update(steps=steps, beats=steps * self.batch_size, train_seconds=seconds, beats_per_s=steps * self.batch_size / seconds)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and RNG states: enough to continue exactly where this left off."""
+        state: dict[str, Any] = {
+            "G": cpu_state(self.G),
+            "D": cpu_state(self.D),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "perm_rng": self.perm_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        if self.rt.is_cuda:
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.rt.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._captured:
+            raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            opt.load_state_dict(state[key])
+            for group in opt.param_groups:  # a checkpoint from a graphed GPU run may land on the CPU, and back
+                group["capturable"] = self._capturable
+            for p, s in opt.state.items():
+                if "step" in s:
+                    s["step"] = s["step"].to(p.device if self._capturable else "cpu", torch.float32)
+        self.perm_gen.set_state(state["perm_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.rt.is_cuda and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.rt.device)
+
+
+def _select_train(train: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    if cap is None or cap >= train.shape[0]:
+        return train
+    return np.sort(np.random.default_rng([seed, 7]).choice(train, size=cap, replace=False))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_resumable(ckpt: dict[str, Any], config_dict: dict[str, Any], content_hash: str, path: Path) -> None:
+    from sibeatgan.errors import ConfigError
+
+    if ckpt.get("dataset_hash") != content_hash:
+        raise CheckpointError(f"{path} was written for dataset {str(ckpt.get('dataset_hash'))[:12]}, not this one ({content_hash[:12]}); use resume=False or another output folder")
+    old = ckpt.get("config") or {}
+    changed = sorted(k for k in set(old) | set(config_dict) if k not in RESUMABLE_CHANGES and old.get(k) != config_dict.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {config_dict.get(k)!r}" for k in changed)
+        raise ConfigError(f"cannot resume {path}: the config changed ({detail}); use resume=False or another output folder")
+
+
+def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Train BeatGAN on `dataset`'s split, selecting the best epoch by `config.selection`; writes into `out`:
+    checkpoint.pt (every epoch), generator.pt (best epoch so far) and metrics.json (history)."""
+    from sibeatgan.config import to_dict
+    from sibeatgan.data.artifact import load
+    from sibeatgan.data.splits import make_split
+    from sibeatgan.device import select
+    from sibeatgan.errors import DatasetError
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load(dataset)
+    content_hash = ds.content_hash()
+    split = make_split(ds, config.split, config.fold, config.val_fraction, config.seed)
+    train_idx = _select_train(split.train, config.max_train_beats, config.seed)
+    val_labels = ds.labels[split.val]
+    val_normal = val_labels == 0
+    if not val_normal.any():
+        raise DatasetError(f"{dataset}: the validation split holds no normal beats; cannot select a model")
+    if config.selection == "paper" and val_normal.all():
+        raise DatasetError(f"{dataset}: selection='paper' needs labelled anomalies in the validation split; it has none (use selection='clean')")
+    if len(train_idx) < config.batch_size:
+        raise DatasetError(f"{dataset}: {len(train_idx)} training beats, fewer than one batch of {config.batch_size}")
+    rt = select(config.device, config.amp, config.cuda_graph)
+    trainer = TeacherTrainer(
+        ds.leads, ds.length, rt, nz=config.nz, ngf=config.ngf, ndf=config.ndf, lambda_fm=config.lambda_fm, lr=config.lr,
+        betas=(config.beta1, config.beta2), batch_size=config.batch_size, d_reinit_threshold=config.d_reinit_threshold, seed=config.seed,
+    )
+    trainer.set_train_data(torch.from_numpy(ds.float_beats(train_idx)))
+    val_x = torch.from_numpy(ds.float_beats(split.val)).to(rt.device)
+    config_dict = to_dict(config)
+    criterion = "val_auc" if config.selection == "paper" else "val_normal_mse"
+    ckpt_path, gen_path, metrics_path = out / "checkpoint.pt", out / "generator.pt", out / "metrics.json"
+    history: list[dict[str, Any]] = []
+    best, best_epoch, first = None, 0, 1
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resumable(ckpt, config_dict, content_hash, ckpt_path)
+        trainer.load_state_dict(ckpt["trainer"])
+        history, best, best_epoch = list(ckpt["history"]), ckpt["best_metric"], ckpt["best_epoch"]
+        first = ckpt["epoch"] + 1
+        log.info("resuming %s at epoch %d (best %s %.6g at epoch %d)", ckpt_path, first, criterion, best, best_epoch)
+    log.info(
+        "teacher: %d training beats (%d leads x %d), %d validation, %s split fold %d, selection %s, %s",
+        len(train_idx), ds.leads, ds.length, len(split.val), config.split, config.fold, config.selection, rt.describe(),
+    )
+
+    def summary() -> dict[str, Any]:
+        return {
+            "selection": config.selection, "criterion": criterion, "best_metric": best, "best_epoch": best_epoch,
+            "epochs": len(history), "history": history, "runtime": rt.describe(), "n_train": int(len(train_idx)),
+            "n_val": int(len(split.val)), "dataset_hash": content_hash, "config": config_dict,
+        }
+
+    epochs = range(first, config.epochs + 1)
+    if progress and len(epochs):
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc="teacher", unit="epoch")
+    for epoch in epochs:
+        started = time.perf_counter()
+        row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch()}
+        scores = score(trainer.G, val_x, config.eval_batch_size, rt.device)
+        row["val_normal_mse"] = float(scores[val_normal].mean())
+        row["val_auc"] = ranked_metrics(scores, ~val_normal)["auc"] if not val_normal.all() else None
+        value = row[criterion]
+        improved = best is None or (value > best if config.selection == "paper" else value < best)
+        if improved:
+            best, best_epoch = value, epoch
+            save_generator(gen_path, trainer.G, selection=config.selection, criterion=criterion, metric=value, epoch=epoch,
+                           config=config_dict, dataset_hash=content_hash)
+        row["epoch_seconds"] = time.perf_counter() - started
+        history.append(row)
+        save_checkpoint(ckpt_path, trainer=trainer.state_dict(), config=config_dict, epoch=epoch, best_metric=best, best_epoch=best_epoch,
+                        selection=config.selection, criterion=criterion, history=history, dataset_hash=content_hash)
+        _write_json(metrics_path, summary())
+        log.info("epoch %d: D %.4g G %.4g (rec %.4g fm %.4g) %s %.6g%s, %.1f s, %.0f beats/s", epoch, row["loss_d"], row["loss_g"],
+                 row["loss_rec"], row["loss_fm"], criterion, value, " (best)" if improved else "", row["epoch_seconds"], row["beats_per_s"])
+    if not gen_path.is_file():
+        raise CheckpointError(f"{out}: no epoch was trained (epochs={config.epochs}) and no generator.pt exists")
+    _write_json(metrics_path, summary())
+    return {"generator": str(gen_path), "checkpoint": str(ckpt_path), "metrics": str(metrics_path), **{k: v for k, v in summary().items() if k != "history"}}
