@@ -9,6 +9,8 @@ where the algorithm has no state; tests check it returns the same peaks as biosp
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import scipy.signal as ss
 
@@ -21,10 +23,28 @@ def fir_taps(fs: float, low: float, high: float, order: int) -> np.ndarray:
     return ss.firwin(numtaps=numtaps, cutoff=2.0 * np.array([low, high], dtype=float) / float(fs), pass_zero=False)
 
 
+@lru_cache(maxsize=32)
+def _lfilter_zi(b: tuple[float, ...], a: tuple[float, ...]) -> np.ndarray:
+    return ss.lfilter_zi(np.array(b), np.array(a))
+
+
+def filtfilt(b: np.ndarray, a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """scipy.signal.filtfilt(b, a, x, axis=0) with its defaults, bit for bit, without re-solving lfilter_zi each call."""
+    b, a, x = np.atleast_1d(b), np.atleast_1d(a), np.asarray(x)
+    n = 3 * max(len(a), len(b))
+    if x.shape[0] <= n:
+        return ss.filtfilt(b, a, x, axis=0)
+    ext = np.concatenate((2 * x[:1] - x[n:0:-1], x, 2 * x[-1:] - x[-2:-(n + 2):-1]), axis=0)
+    zi = _lfilter_zi(tuple(b.tolist()), tuple(a.tolist())).reshape((-1,) + (1,) * (x.ndim - 1))
+    y, _ = ss.lfilter(b, a, ext, axis=0, zi=zi * ext[:1])
+    y, _ = ss.lfilter(b, a, y[::-1], axis=0, zi=zi * y[-1:])
+    return y[::-1][n:-n]
+
+
 def reference_filter(x: np.ndarray, fs: float) -> np.ndarray:
     """The filter of biosppy 0.6's `ecg()`: FIR 3-45 Hz, int(0.3 fs) taps, forward-backward (axis 0)."""
     b = fir_taps(fs, *REFERENCE_BAND_HZ, int(0.3 * float(fs)))
-    return ss.filtfilt(b, np.array([1]), x, axis=0)
+    return filtfilt(b, np.array([1]), x)
 
 
 def _maxima(x: np.ndarray) -> np.ndarray:
@@ -166,9 +186,9 @@ def hamilton_segmenter(signal: np.ndarray, fs: float) -> np.ndarray:
         return np.empty(0, dtype=int)
 
     b, a = ss.butter(N=4, Wn=2.0 * 25.0 / fs, btype="lowpass", analog=False, output="ba")
-    filtered = ss.filtfilt(b, a, signal)
+    filtered = filtfilt(b, a, signal)
     b, a = ss.butter(N=4, Wn=2.0 * 3.0 / fs, btype="highpass", analog=False, output="ba")
-    filtered = ss.filtfilt(b, a, filtered)
+    filtered = filtfilt(b, a, filtered)
     dx = np.abs(np.diff(filtered, 1) * fs)
     size = sm_size if sm_size <= len(dx) else len(dx) - 1
     size = max(size, 1)
@@ -197,7 +217,8 @@ def hamilton_segmenter(signal: np.ndarray, fs: float) -> np.ndarray:
     steep_at = dict(zip(cand.tolist(), steep.tolist()))
     slope_ok = slope_ok.tolist()
 
-    dt = _median(noisebuf) + 0.475 * (_median(qrsbuf) - _median(noisebuf))
+    med_q, med_rr = _median(qrsbuf), _median(rrinterval)  # kept current: recomputed whenever a buffer changes
+    dt = _median(noisebuf) + 0.475 * (med_q - _median(noisebuf))
     beats: list[int] = []
     iq = inoise = irr = 0
     for k, f in enumerate(cand.tolist()):
@@ -210,12 +231,12 @@ def hamilton_segmenter(signal: np.ndarray, fs: float) -> np.ndarray:
                 prev = beats[-1]
                 if f - prev < th_elapsed and steep_at[f] < 0.5 * steep_at[prev]:
                     continue  # a T wave: its slope is under half the previous QRS's
-                if not v < 3.0 * _median(qrsbuf):
+                if not v < 3.0 * med_q:
                     continue
                 beats.append(f)
                 rrinterval[irr] = beats[-1] - beats[-2]
                 irr = (irr + 1) % init_ecg
-            elif v < 3.0 * _median(qrsbuf):
+            elif v < 3.0 * med_q:
                 beats.append(f)
             else:
                 continue
@@ -223,10 +244,9 @@ def hamilton_segmenter(signal: np.ndarray, fs: float) -> np.ndarray:
             iq = (iq + 1) % init_ecg
             changed = True
         else:
-            rrm = _median(rrinterval)
             if len(beats) >= 2:
                 elapsed = f - beats[-1]
-                if elapsed >= 1.5 * rrm and elapsed > th_elapsed:
+                if elapsed >= 1.5 * med_rr and elapsed > th_elapsed:
                     if v > 0.5 * dt:  # a missed beat: search back
                         beats.append(f)
                         rrinterval[irr] = beats[-1] - beats[-2]
@@ -243,8 +263,8 @@ def hamilton_segmenter(signal: np.ndarray, fs: float) -> np.ndarray:
                 inoise = (inoise + 1) % init_ecg
                 changed = True
         if changed:
-            anp = _median(noisebuf)
-            dt = anp + 0.475 * (_median(qrsbuf) - anp)
+            anp, med_q, med_rr = _median(noisebuf), _median(qrsbuf), _median(rrinterval)
+            dt = anp + 0.475 * (med_q - anp)
 
     chosen = _choose_peaks(signal, np.asarray(beats, dtype=np.int64), lim, 0.05 * fs, 0.85)
     return np.asarray(chosen, dtype=int)
