@@ -62,9 +62,12 @@ class PreprocessConfig:
     on_other_fs: Literal["refuse", "resample"] = "refuse"
     before: int = 140
     after: int = 180
-    bandpass_low_hz: float = 0.5
-    bandpass_high_hz: float = 50.0
-    bandpass_order: int = 1
+    # The reference's filter (biosppy 0.6's ecg()): FIR band-pass 3-45 Hz, 0.3 s of taps, forward-backward.
+    bandpass_type: Literal["fir", "butter", "none"] = "fir"
+    bandpass_low_hz: float = 3.0
+    bandpass_high_hz: float = 45.0
+    bandpass_order: int = 108  # FIR: taps (made odd); butter: filter order
+    rpeak_engine: Literal["fast", "biosppy"] = "fast"  # the same peaks; biosppy's own code is ~10x slower
     rpeak_check: bool = True
     rpeak_tolerance: int = 10  # samples between an N/L/R annotation and a detected R peak
     grouping: Literal["beatgan", "aami"] = "beatgan"

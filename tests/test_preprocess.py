@@ -12,7 +12,7 @@ import wfdb
 
 from sibeatgan.config import PreprocessConfig
 from sibeatgan.data import artifact, beats, rpeaks
-from sibeatgan.data.preprocess import filter_kind, run_preprocess
+from sibeatgan.data.preprocess import run_preprocess
 from sibeatgan.errors import ConfigError, RecordError, SourceError
 
 MITDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "mitdb"
@@ -186,8 +186,8 @@ def test_bad_filter_config(db, tmp_path):
     src, _ = db
     with pytest.raises(ConfigError, match="bandpass_low_hz/bandpass_high_hz"):
         run_preprocess(config(("900",), bandpass_high_hz=200.0), src, tmp_path / "out", workers=1)
-    assert filter_kind(PreprocessConfig(bandpass_order=2)) == "butter"
-    m = run_preprocess(config(("900",), bandpass_low_hz=0.5, bandpass_high_hz=40.0, bandpass_order=2), src,
+    m = run_preprocess(config(("900",), bandpass_type="butter", bandpass_low_hz=0.5, bandpass_high_hz=40.0,
+                              bandpass_order=2), src,
                        tmp_path / "out", workers=1)
     assert m["config"]["bandpass_type"] == "butter" and m["counts"]["N"] == 20
 

@@ -31,7 +31,7 @@ class BeatDataset:
     """Beats of shape (n, leads, length) in [-1, 1] as int16, with one row of metadata per beat.
 
     labels: class index into CLASSES; symbols: the annotation symbol (uint8 code);
-    records: MIT-BIH record number; samples: annotation sample in the record;
+    records: record name (str, e.g. '114'); samples: annotation sample in the record;
     folds: BeatGAN fold of each normal beat (0..n_folds-1), -1 for anomalous beats.
     """
 

@@ -52,14 +52,6 @@ class _Job:
     rpeak_engine: str
 
 
-def filter_kind(config: PreprocessConfig, override: str | None = None) -> str:
-    """The band-pass type: the argument, else a `bandpass_type` config field, else FIR for long filters."""
-    kind = override or getattr(config, "bandpass_type", None)
-    if kind is None:  # the config has no type field yet: a high order can only mean FIR taps
-        kind = "fir" if config.bandpass_order > 16 else "butter"
-    return kind
-
-
 def lead_columns(header: Header, leads: tuple[str, ...]) -> tuple[int, ...]:
     """Column of each configured lead; ('all',) = every column, MLII first (record 114 keeps it second)."""
     if tuple(leads) == ("all",):
@@ -210,20 +202,15 @@ def run_preprocess(
     out: Path,
     progress: bool = False,
     workers: int | None = None,
-    bandpass_type: str | None = None,
-    rpeak_engine: str = "fast",
 ) -> dict[str, Any]:
     """Build the beat dataset from the WFDB records in `source` and write it to `out`; returns the manifest.
 
-    workers: processes (default: one per CPU, at most one per record). bandpass_type: 'fir', 'butter'
-    or 'none' (see filter_kind). rpeak_engine: 'fast' (default) or 'biosppy' (same peaks, ~10x slower).
+    workers: processes (default: one per CPU, at most one per record); the output does not depend on it.
     """
     started = time.perf_counter()
     source, out = Path(source), Path(out)
-    kind = filter_kind(config, bandpass_type)
+    kind, rpeak_engine = config.bandpass_type, config.rpeak_engine
     _check_config(config, kind)
-    if rpeak_engine not in ("fast", "biosppy"):
-        raise ConfigError(f"rpeak_engine: {rpeak_engine!r} is not one of fast, biosppy")
     jobs = _jobs(config, source, kind, rpeak_engine)
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     results = _run_jobs(jobs, workers, progress)
@@ -244,7 +231,7 @@ def run_preprocess(
     sources = {f: h for r in results for f, h in r["sources"].items()}
     per_record = {r["name"]: {c: int((r["labels"] == i).sum()) for i, c in enumerate(artifact.CLASSES)} for r in results}
     extra = {
-        "config": {**to_dict(config), "bandpass_type": kind},
+        "config": to_dict(config),
         "sources": dict(sorted(sources.items())),
         "grouping": {"name": config.grouping, **beats.GROUPINGS[config.grouping]},
         "records": [r["name"] for r in results],
