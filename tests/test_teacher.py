@@ -267,3 +267,59 @@ def test_config_fields_used_exist():
     assert {"nz", "ngf", "ndf", "lambda_fm", "lr", "beta1", "beta2", "batch_size", "epochs", "d_reinit_threshold", "selection", "seed",
             "device", "amp", "cuda_graph", "eval_batch_size", "max_train_beats", "split", "fold", "val_fraction"} <= names
     assert replace(TeacherConfig(), epochs=3).epochs == 3
+
+
+def test_files_of_another_format_are_refused(dataset, tmp_path):
+    result = run_train_teacher(small_config(epochs=1), dataset, tmp_path)
+    with pytest.raises(CheckpointError, match="expected 'sibeatgan-generator'"):
+        load_generator(result["checkpoint"])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_device_selection_on_this_machine():
+    from sibeatgan.device import resolve_device, select
+
+    assert select("cpu", amp=True, cuda_graph=True) == Runtime(torch.device("cpu"), False, False)
+    with pytest.raises(ConfigError, match="not supported"):
+        resolve_device("meta")
+    with pytest.raises(ConfigError, match="not a device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+
+
+def test_bench_runs_with_torch_and_numpy_only(tmp_path):
+    """bench/bench_teacher.py must run on a GPU node that has torch and numpy but none of the pipeline's other packages."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    blocked = ("yaml", "sklearn", "matplotlib", "scipy", "tqdm", "wfdb", "mlflow", "optuna", "kfp", "pandas", "great_expectations", "biosppy", "boto3")
+    (tmp_path / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked))
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(root / "bench" / "bench_teacher.py"), "--device", "cpu", "--train-beats", "128", "--score-beats", "128",
+           "--score-batch", "64", "--repeats", "1", "--epochs", "1", "--modes", "eager,graph", "--json", str(out)]
+    done = subprocess.run(cmd, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    train = [r for r in rows if r["what"] == "train"]
+    assert train[0]["mode"] == "eager" and train[0]["step_ms"] > 0 and train[0]["epoch_s_at_64681"] > 0
+    assert "skipped" in train[1]  # no CUDA here
+    assert {r["amp"] for r in rows if r["what"] == "score"} == {False, True}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_training_matches_eager_training_on_gpu():
+    x = torch.from_numpy(synthetic_beats(np.zeros(200, np.uint8), 64, 1, 4))
+    eager = TeacherTrainer(1, 64, Runtime(torch.device("cuda", 0)), ngf=8, ndf=8, nz=8, batch_size=16, seed=1)
+    graphed = TeacherTrainer(1, 64, Runtime(torch.device("cuda", 0), cuda_graph=True), ngf=8, ndf=8, nz=8, batch_size=16, seed=1)
+    for tr in (eager, graphed):
+        tr.set_train_data(x)
+        for _ in range(2):
+            tr.train_epoch()
+    assert graphed._captured
+    for (k, a), b in zip(weights(eager).items(), weights(graphed).values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=k)

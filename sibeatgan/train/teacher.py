@@ -100,8 +100,10 @@ class TeacherTrainer:
         self.g_loss = GeneratorLoss(lambda_fm)
         self.graphs = graphs if graphs is not None else (CudaGraphs() if runtime.cuda_graph else None)
         self._capturable = runtime.is_cuda and isinstance(self.graphs, CudaGraphs)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas, capturable=self._capturable)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas, capturable=self._capturable)
+        self._fused = runtime.is_cuda  # one kernel per update; its step counters live on the device
+        opt = dict(lr=lr, betas=betas, capturable=self._capturable, fused=self._fused or None)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), **opt)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), **opt)
         self.g_params = list(self.G.parameters())
         self.perm_gen = torch.Generator(device=dev)
         self.perm_gen.manual_seed(seed)
@@ -110,13 +112,17 @@ class TeacherTrainer:
         self.train_x: torch.Tensor | None = None
         self._warm = 0
         self._captured = False
-        self._d_init = [
-            (p, 1.0 if isinstance(m, torch.nn.BatchNorm1d) else 0.0, 0.02 if isinstance(m, torch.nn.BatchNorm1d) else _xavier_std(p))
-            for m in self.D.modules()
-            for name, p in m.named_parameters(recurse=False)
-            if name == "weight"
-        ]
-        self._d_zero = [p for m in self.D.modules() for name, p in m.named_parameters(recurse=False) if name == "bias"]
+        # D's parameters with the (mean, std) of their initial draw: Xavier-normal convs, BN weight N(1, 0.02), BN bias 0
+        self._d_params: list[torch.Tensor] = []
+        self._d_mean: list[float] = []
+        self._d_std: list[float] = []
+        for m in self.D.modules():
+            for name, p in m.named_parameters(recurse=False):
+                bn = isinstance(m, torch.nn.BatchNorm1d)
+                self._d_params.append(p)
+                self._d_mean.append(1.0 if bn and name == "weight" else 0.0)
+                self._d_std.append(0.0 if name == "bias" else 0.02 if bn else _xavier_std(p))
+        self._d_sizes = [p.numel() for p in self._d_params]
 
     def set_train_data(self, beats: torch.Tensor) -> None:
         """Hold the training beats (n, nc, length) on the device for the rest of the run."""
@@ -131,11 +137,17 @@ class TeacherTrainer:
 
     @torch.no_grad()
     def _reinit_d(self, flag: torch.Tensor) -> None:
-        """Where flag is true, redraw D's weights as at construction (Adam state and BN statistics kept, as in the reference)."""
-        for p, mean, std in self._d_init:
-            p.copy_(torch.where(flag, torch.randn_like(p) * std + mean, p))
-        for p in self._d_zero:
-            p.masked_fill_(flag, 0.0)
+        """Where flag is true, redraw D's parameters as at construction (Adam state and BN statistics kept, as in the reference).
+
+        p + flag * (fresh - p), with a few multi-tensor kernels: p exactly when flag is 0, a fresh draw when it is 1.
+        """
+        flat = torch.randn(sum(self._d_sizes), device=self.rt.device)
+        fresh = [f.view_as(p) for f, p in zip(flat.split(self._d_sizes), self._d_params)]
+        torch._foreach_mul_(fresh, self._d_std)
+        torch._foreach_add_(fresh, self._d_mean)
+        delta = torch._foreach_sub(fresh, self._d_params)
+        torch._foreach_mul_(delta, flag.to(flat.dtype))
+        torch._foreach_add_(self._d_params, delta)
 
     def step(self) -> None:
         """One D step and one G step on the batch train_x[idx]; the same callable runs eagerly and under capture."""
@@ -222,10 +234,10 @@ class TeacherTrainer:
         for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
             opt.load_state_dict(state[key])
             for group in opt.param_groups:  # a checkpoint from a graphed GPU run may land on the CPU, and back
-                group["capturable"] = self._capturable
+                group["capturable"], group["fused"] = self._capturable, self._fused or None
             for p, s in opt.state.items():
                 if "step" in s:
-                    s["step"] = s["step"].to(p.device if self._capturable else "cpu", torch.float32)
+                    s["step"] = s["step"].to(p.device if self._capturable or self._fused else "cpu", torch.float32)
         self.perm_gen.set_state(state["perm_rng"])
         torch.set_rng_state(state["torch_rng"])
         if self.rt.is_cuda and "cuda_rng" in state:
