@@ -191,12 +191,13 @@ def test_synthetic_training_learns(dataset, tmp_path):
     assert meta["metric"] == max(h["val_auc"] for h in history)
 
 
-def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(dataset, tmp_path, caplog):
-    run_train_teacher(small_config(epochs=4), dataset, tmp_path / "straight")
-    run_train_teacher(small_config(epochs=2), dataset, tmp_path / "killed")
+@pytest.mark.parametrize("threshold", [5e-6, 1e9], ids=["reference", "reinit-every-step"])
+def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(dataset, tmp_path, caplog, threshold):
+    run_train_teacher(small_config(epochs=4, d_reinit_threshold=threshold), dataset, tmp_path / "straight")
+    run_train_teacher(small_config(epochs=2, d_reinit_threshold=threshold), dataset, tmp_path / "killed")
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 2
     caplog.set_level("INFO", logger="sibeatgan.train.teacher")
-    resumed = run_train_teacher(small_config(epochs=4), dataset, tmp_path / "killed")
+    resumed = run_train_teacher(small_config(epochs=4, d_reinit_threshold=threshold), dataset, tmp_path / "killed")
     assert "resuming" in caplog.text and "at epoch 3" in caplog.text
     assert resumed["epochs"] == 4
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
@@ -323,3 +324,23 @@ def test_cuda_graph_training_matches_eager_training_on_gpu():
     assert graphed._captured
     for (k, a), b in zip(weights(eager).items(), weights(graphed).values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_a_gpu_checkpoint_state_loads_on_the_cpu(caplog):
+    """Optimizer flags (capturable, fused) and a CUDA permutation RNG from a GPU run must not break a CPU resume."""
+    x = torch.from_numpy(synthetic_beats(np.zeros(64, np.uint8), 64, 1, 5))
+    source = trainer(seed=2)
+    source.set_train_data(x)
+    source.train_epoch()
+    state = source.state_dict()
+    for key in ("opt_g", "opt_d"):
+        for group in state[key]["param_groups"]:
+            group["capturable"], group["fused"] = True, True
+    state["perm_rng"] = torch.arange(16, dtype=torch.uint8)  # a philox (CUDA) generator state
+    target = trainer(seed=9)
+    target.load_state_dict(state)
+    assert "another device type" in caplog.text
+    assert all(not g["capturable"] and not g["fused"] for g in target.opt_g.param_groups)
+    assert_same({k: v for k, v in weights(source).items()}, weights(target))
+    target.set_train_data(x)
+    assert math.isfinite(target.train_epoch()["loss_g"])

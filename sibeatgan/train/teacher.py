@@ -4,14 +4,16 @@ Batches come from a device-side permutation and index_select; the whole step (bo
 backward passes and both Adam updates) is one callable, run eagerly or captured once as a CUDA
 graph and replayed. Losses are summed on the device and read once per epoch, so no step waits
 on the host. D is re-initialised, as in the reference, whenever its loss falls below
-`d_reinit_threshold`; the test and the redraw happen inside the step by masking
-(torch.where(flag, fresh_init, weights)), so the decision never leaves the device.
+`d_reinit_threshold`; the test and the redraw happen inside every step by masking
+(weights + flag * (fresh_draw - weights), flag 0 or 1 on the device), so the decision never
+leaves the device and a reinit takes effect at the same step as in the reference.
 
 The core (`TeacherTrainer`) needs only torch and numpy; `run_train_teacher` loads the rest lazily.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -238,7 +240,12 @@ class TeacherTrainer:
             for p, s in opt.state.items():
                 if "step" in s:
                     s["step"] = s["step"].to(p.device if self._capturable or self._fused else "cpu", torch.float32)
-        self.perm_gen.set_state(state["perm_rng"])
+        try:
+            self.perm_gen.set_state(state["perm_rng"])
+        except RuntimeError:  # saved by a generator of the other device type: continue with a seed derived from it
+            digest = hashlib.sha256(state["perm_rng"].numpy().tobytes()).digest()
+            self.perm_gen.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            log.warning("the permutation RNG state comes from another device type; batches from here on differ from an uninterrupted run")
         torch.set_rng_state(state["torch_rng"])
         if self.rt.is_cuda and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.rt.device)
