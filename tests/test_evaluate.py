@@ -132,3 +132,36 @@ def test_run_evaluate_refuses_leaky_or_foreign_models(dataset, tmp_path):
     other = synthetic_dataset(tmp_path / "other", n_normal=300, n_per_class=10, length=64, seed=4)
     with pytest.raises(DatasetError, match="trained on dataset"):
         run_evaluate(EvaluateConfig(n_bootstrap=0, plots=False), other, g1, tmp_path / "eval2")
+
+
+def test_teacher_on_the_pipeline_synthetic_data_then_evaluation(synth_dataset, tmp_path):
+    """synth -> preprocess -> train teacher -> evaluate: the teacher learns the injected anomalies."""
+    from sibeatgan.train.teacher import run_train_teacher
+
+    config = TeacherConfig(epochs=6, lr=1e-3, ngf=8, ndf=8, nz=16, device="cpu", selection="paper", max_train_beats=2048, eval_batch_size=1024)
+    trained = run_train_teacher(config, synth_dataset, tmp_path / "teacher")
+    result = run_evaluate(EvaluateConfig(n_bootstrap=200), synth_dataset, tmp_path / "teacher", tmp_path / "eval")
+    fold = result["folds"]["0"]
+    assert fold["auc"] > 0.85 and fold["auc_ci"][0] > 0.75
+    assert fold["selection"] == "paper" and fold["epoch"] == trained["best_epoch"]
+    assert set(fold["per_class"]) <= {"S", "V", "F", "Q"} and fold["per_class"]
+
+
+@pytest.mark.mitdb
+@pytest.mark.slow
+def test_teacher_and_evaluation_on_mitdb(mitdb_dir, tmp_path):
+    """The real database through preprocess, a short teacher run and the evaluation: split sizes and per-class results."""
+    from sibeatgan.config import PreprocessConfig
+    from sibeatgan.data.preprocess import run_preprocess
+    from sibeatgan.train.teacher import run_train_teacher
+
+    manifest = run_preprocess(PreprocessConfig(), mitdb_dir, tmp_path / "beats")
+    config = TeacherConfig(epochs=1, ngf=8, ndf=8, nz=16, device="cpu", max_train_beats=512, eval_batch_size=2048)
+    trained = run_train_teacher(config, tmp_path / "beats", tmp_path / "teacher")
+    assert trained["n_train"] == 512 and trained["n_val"] > 7000
+    result = run_evaluate(EvaluateConfig(n_bootstrap=50, plots=False), tmp_path / "beats", tmp_path / "teacher", tmp_path / "eval")
+    fold = result["folds"]["0"]
+    counts = manifest["counts"]
+    assert fold["n_anomalous"] == sum(counts[c] - round(0.1 * counts[c]) for c in "SVFQ")
+    assert set(fold["per_class"]) == {"S", "V", "F", "Q"}
+    assert 0.0 <= fold["auc_ci"][0] <= fold["auc"] <= fold["auc_ci"][1] <= 1.0
