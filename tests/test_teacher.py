@@ -17,6 +17,7 @@ from sibeatgan.data.splits import assign_folds, make_split
 from sibeatgan.device import Runtime
 from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.evaluate import ranked_metrics, score
+from sibeatgan.models import Generator
 from sibeatgan.train.checkpoint import CheckpointError, load_checkpoint, load_generator
 from sibeatgan.train.teacher import TeacherTrainer, run_train_teacher
 
@@ -344,3 +345,18 @@ def test_a_gpu_checkpoint_state_loads_on_the_cpu(caplog):
     assert_same({k: v for k, v in weights(source).items()}, weights(target))
     target.set_train_data(x)
     assert math.isfinite(target.train_epoch()["loss_g"])
+
+
+def test_generator_running_statistics_move_as_in_the_reference():
+    """The reference runs G twice per step on one batch; one forward here must leave the same running statistics."""
+    tr = trainer(seed=6)
+    reference = Generator(1, 64, 8, 8).train()
+    reference.load_state_dict(tr.G.state_dict())
+    x = torch.from_numpy(synthetic_beats(np.zeros(16, np.uint8), 64, 1, 6))
+    with torch.no_grad():
+        tr.G(x)
+        reference(x)
+        reference(x)
+    for (k, a), b in zip(tr.G.state_dict().items(), reference.state_dict().values()):
+        if "running" in k:
+            torch.testing.assert_close(a, b, msg=k)

@@ -95,6 +95,11 @@ class TeacherTrainer:
         if runtime.is_cuda:
             torch.cuda.manual_seed_all(seed)
         self.G = Generator(nc, length, nz, ngf).to(dev).train()
+        for m in self.G.modules():
+            if isinstance(m, torch.nn.BatchNorm1d) and m.momentum is not None:
+                # The reference runs G forward twice per step on the same batch (D step, G step), so its
+                # running statistics move twice; the step here runs G once, with the equivalent momentum.
+                m.momentum = 1.0 - (1.0 - m.momentum) ** 2
         self.D = Discriminator(nc, length, ndf).to(dev).train()
         self.batch_size = int(batch_size)
         self.d_reinit_threshold = float(d_reinit_threshold)
