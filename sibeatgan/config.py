@@ -138,6 +138,7 @@ class EvaluateConfig:
     seed: int = 0
     device: str = "auto"
     batch_size: int = 4096
+    amp: bool = False  # bf16 autocast for scoring (CUDA, or CPUs with bf16 units)
     plots: bool = True
 
 

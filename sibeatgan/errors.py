@@ -24,6 +24,10 @@ class RecordError(SibeatganError):
         super().__init__(f"record {record}: {problem}")
 
 
+class CheckpointError(SibeatganError):
+    """A checkpoint or generator file is missing, corrupt, of another format, or does not fit the run."""
+
+
 class DatasetError(SibeatganError):
     """A beat dataset artifact is missing, corrupt or of an unknown version."""
 

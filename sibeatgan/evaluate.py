@@ -8,9 +8,7 @@ need only torch and numpy (training imports them); sklearn and matplotlib load l
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +17,7 @@ import torch
 
 from sibeatgan.data.artifact import CLASSES
 from sibeatgan.errors import DatasetError
+from sibeatgan.files import atomic_open, write_json
 
 if TYPE_CHECKING:
     from sibeatgan.config import EvaluateConfig
@@ -193,8 +192,8 @@ def plot(scores: np.ndarray, labels: np.ndarray, out_dir: str | Path, title: str
     def save(fig: Figure, name: str) -> None:
         FigureCanvasAgg(fig)
         path = out / name
-        fig.savefig(path.with_name(name + ".tmp"), format="png", dpi=110)
-        os.replace(path.with_name(name + ".tmp"), path)
+        with atomic_open(path) as fh:
+            fig.savefig(fh, format="png", dpi=110)
         written.append(path)
 
     fpr, tpr, _ = roc_curve(positive, scores)
@@ -224,12 +223,6 @@ def plot(scores: np.ndarray, labels: np.ndarray, out_dir: str | Path, title: str
     ax.legend()
     save(fig, "hist.png")
     return written
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def _model_paths(models: dict[int, Path] | Path | str) -> list[tuple[int | None, Path]]:
@@ -276,14 +269,12 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
         split = make_split(ds, split_name, fold, float(trained.get("val_fraction", 0.1)), int(trained.get("seed", 0)))
         labels = ds.labels[split.test].astype(np.int64)
-        scores = score(gen, torch.from_numpy(ds.float_beats(split.test)), config.batch_size, dev)
+        scores = score(gen, torch.from_numpy(ds.float_beats(split.test)), config.batch_size, dev, config.amp)
         m = metrics(scores, labels, config.n_bootstrap, config.ci, config.seed)
         fold_dir = out / f"fold_{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
-        tmp = fold_dir / "scores.npz.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_open(fold_dir / "scores.npz") as fh:
             np.savez_compressed(fh, index=split.test, scores=scores, labels=labels)
-        os.replace(tmp, fold_dir / "scores.npz")
         if config.plots:
             m["plots"] = [str(p) for p in plot(scores, labels, fold_dir, f"fold {fold}")]
         m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name)
@@ -294,5 +285,5 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
         values = np.array([f[key] for f in folds.values()])
         overall[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None}
     result = {"folds": folds, "overall": overall, "dataset_hash": content_hash, "config": to_dict(config)}
-    _write_json(out / "evaluation.json", result)
+    write_json(out / "evaluation.json", result)
     return result

@@ -41,3 +41,13 @@ def synth_dataset(synth_db: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("synth") / "dataset"
     run_preprocess(PreprocessConfig(records=tuple(list_records(synth_db))), synth_db, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def mitdb_dataset(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The full MIT-BIH beat dataset by the BeatGAN protocol and its manifest, built once (treat as read-only)."""
+    from sibeatgan.config import PreprocessConfig
+    from sibeatgan.data.preprocess import run_preprocess
+
+    out = tmp_path_factory.mktemp("mitdb") / "beats"
+    return out, run_preprocess(PreprocessConfig(), mitdb_dir, out)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 
 def sib(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -121,6 +121,11 @@ def test_run_evaluate_writes_per_fold_results(dataset, tmp_path):
         kept = np.load(tmp_path / "eval" / f"fold_{k}" / "scores.npz")
         assert metrics(kept["scores"], kept["labels"], 0)["auc"] == pytest.approx(f["auc"])
     assert result["overall"]["auc"]["mean"] == pytest.approx(np.mean([saved["folds"][k]["auc"] for k in ("0", "1")]))
+    # bf16 scoring ranks the beats almost as float32 does.
+    bf16 = run_evaluate(EvaluateConfig(folds=(0, 1), n_bootstrap=0, plots=False, amp=True), dataset, models, tmp_path / "eval16")
+    assert bf16["config"]["amp"] is True
+    for k in ("0", "1"):
+        assert bf16["folds"][k]["auc"] == pytest.approx(saved["folds"][k]["auc"], abs=0.02)
 
 
 def test_run_evaluate_refuses_leaky_or_foreign_models(dataset, tmp_path):
@@ -149,17 +154,15 @@ def test_teacher_on_the_pipeline_synthetic_data_then_evaluation(synth_dataset, t
 
 @pytest.mark.mitdb
 @pytest.mark.slow
-def test_teacher_and_evaluation_on_mitdb(mitdb_dir, tmp_path):
+def test_teacher_and_evaluation_on_mitdb(mitdb_dataset, tmp_path):
     """The real database through preprocess, a short teacher run and the evaluation: split sizes and per-class results."""
-    from sibeatgan.config import PreprocessConfig
-    from sibeatgan.data.preprocess import run_preprocess
     from sibeatgan.train.teacher import run_train_teacher
 
-    manifest = run_preprocess(PreprocessConfig(), mitdb_dir, tmp_path / "beats")
+    beats, manifest = mitdb_dataset
     config = TeacherConfig(epochs=1, ngf=8, ndf=8, nz=16, device="cpu", max_train_beats=512, eval_batch_size=2048)
-    trained = run_train_teacher(config, tmp_path / "beats", tmp_path / "teacher")
+    trained = run_train_teacher(config, beats, tmp_path / "teacher")
     assert trained["n_train"] == 512 and trained["n_val"] > 7000
-    result = run_evaluate(EvaluateConfig(n_bootstrap=50, plots=False), tmp_path / "beats", tmp_path / "teacher", tmp_path / "eval")
+    result = run_evaluate(EvaluateConfig(n_bootstrap=50, plots=False), beats, tmp_path / "teacher", tmp_path / "eval")
     fold = result["folds"]["0"]
     counts = manifest["counts"]
     assert fold["n_anomalous"] == sum(counts[c] - round(0.1 * counts[c]) for c in "SVFQ")

@@ -211,15 +211,15 @@ def test_reference_fir_is_biosppys():
 
 @needs_mitdb
 @pytest.mark.mitdb
-def test_mitdb_beatgan_counts(tmp_path):
-    m = run_preprocess(config(PreprocessConfig().records), MITDB, tmp_path / "out")
+def test_mitdb_beatgan_counts(mitdb_dataset):
+    out, m = mitdb_dataset
     c = m["counts"]
     assert (c["S"], c["V"], c["F"], c["Q"]) == (3026, 7008, 802, 15)
     assert abs(c["N"] - 86717) / 86717 < 0.01
     assert c["N"] == 86897  # biosppy 0.6's filter + Hamilton + correct_rpeaks, |d| < 10 as the reference
     assert len(m["records"]) == 44 and len(m["sources"]) == 132
-    assert (tmp_path / "out" / "beats.npz").stat().st_size < 64 * 2**20
-    ds = artifact.load(tmp_path / "out")
+    assert (out / "beats.npz").stat().st_size < 64 * 2**20
+    ds = artifact.load(out)
     # Record 114's MLII is its second column: its beats are cut from that column.
     from sibeatgan.data.records import read_record
 

@@ -18,7 +18,8 @@ from sibeatgan.device import Runtime
 from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.evaluate import ranked_metrics, score
 from sibeatgan.models import Generator
-from sibeatgan.train.checkpoint import CheckpointError, load_checkpoint, load_generator
+from sibeatgan.errors import CheckpointError
+from sibeatgan.train.checkpoint import load_checkpoint, load_generator
 from sibeatgan.train.teacher import TeacherTrainer, run_train_teacher
 
 CPU = Runtime(torch.device("cpu"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sibeatgan.errors import DatasetError
+from sibeatgan.files import atomic_open, write_json
 
 FORMAT = "sibeatgan-beats"
 VERSION = 1
@@ -84,10 +84,8 @@ def save(dataset: BeatDataset, out_dir: str | Path, manifest_extra: dict[str, An
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {name: getattr(dataset, name) for name in ARRAYS}
-    tmp = out / "beats.npz.tmp"
-    with open(tmp, "wb") as fh:
+    with atomic_open(out / "beats.npz") as fh:
         np.savez_compressed(fh, **arrays)
-    os.replace(tmp, out / "beats.npz")
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -100,9 +98,7 @@ def save(dataset: BeatDataset, out_dir: str | Path, manifest_extra: dict[str, An
         **dataset.meta,
         **(manifest_extra or {}),
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 

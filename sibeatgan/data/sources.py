@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from sibeatgan.config import IngestConfig
 from sibeatgan.errors import ConfigError, SourceError
+from sibeatgan.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +73,7 @@ def write_sha256sums(folder: Path, names: list[str] | None = None) -> Path:
     if names is None:
         names = [p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS]
     lines = [f"{sha256_file(folder / n)}  {n}\n" for n in sorted(names)]
-    path = folder / CHECKSUMS
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
-    return path
+    return write_text(folder / CHECKSUMS, "".join(lines))
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ import html
 import json
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from sibeatgan.config import ValidateConfig, to_dict
 from sibeatgan.data import artifact, records as wfdb_records
 from sibeatgan.errors import ConfigError, DatasetError, RecordError, SourceError, ValidationFailed
+from sibeatgan.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -456,12 +456,6 @@ def render_html(result: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_validate(config: ValidateConfig, raw: Path | None, dataset: Path | None, out: Path,
                  records: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
     """Validate a WFDB folder (`records` of it, default all) and/or a beat dataset; write the reports.
@@ -495,8 +489,8 @@ def run_validate(config: ValidateConfig, raw: Path | None, dataset: Path | None,
         "config": to_dict(config),
         "suites": suites,
     }
-    _write(out / "validation.json", json.dumps(_plain(result), indent=2) + "\n")
-    _write(out / "validation.html", render_html(result))
+    write_text(out / "validation.json", json.dumps(_plain(result), indent=2) + "\n")
+    write_text(out / "validation.html", render_html(result))
     if not result["success"]:
         raise ValidationFailed(summary)
     return result

@@ -8,13 +8,13 @@ generator's weights and the hyperparameters to rebuild it, with no optimizer or 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sibeatgan.errors import SibeatganError
+from sibeatgan.errors import CheckpointError
+from sibeatgan.files import atomic_open
 from sibeatgan.models import Generator
 
 CHECKPOINT_FORMAT = "sibeatgan-teacher-checkpoint"
@@ -22,21 +22,11 @@ GENERATOR_FORMAT = "sibeatgan-generator"
 VERSION = 1
 
 
-class CheckpointError(SibeatganError):
-    """A checkpoint or generator file is missing, corrupt, of another format, or does not fit the run."""
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """torch.save to a temp file beside `path`, then rename over it: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_open(path) as fh:
         torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def _load(path: str | Path, fmt: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

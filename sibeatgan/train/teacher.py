@@ -14,10 +14,8 @@ The core (`TeacherTrainer`) needs only torch and numpy; `run_train_teacher` load
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -27,9 +25,11 @@ import torch
 
 from sibeatgan.device import Runtime
 from sibeatgan.evaluate import ranked_metrics, score
+from sibeatgan.files import write_json
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
 from sibeatgan.models import Discriminator, Generator
-from sibeatgan.train.checkpoint import CheckpointError, cpu_state, load_checkpoint, save_checkpoint, save_generator
+from sibeatgan.errors import CheckpointError
+from sibeatgan.train.checkpoint import cpu_state, load_checkpoint, save_checkpoint, save_generator
 
 if TYPE_CHECKING:
     from sibeatgan.config import TeacherConfig
@@ -262,12 +262,6 @@ def _select_train(train: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(train, size=cap, replace=False))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _check_resumable(ckpt: dict[str, Any], config_dict: dict[str, Any], content_hash: str, path: Path) -> None:
     from sibeatgan.errors import ConfigError
 
@@ -355,10 +349,10 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
         history.append(row)
         save_checkpoint(ckpt_path, trainer=trainer.state_dict(), config=config_dict, epoch=epoch, best_metric=best, best_epoch=best_epoch,
                         selection=config.selection, criterion=criterion, history=history, dataset_hash=content_hash)
-        _write_json(metrics_path, summary())
+        write_json(metrics_path, summary())
         log.info("epoch %d: D %.4g G %.4g (rec %.4g fm %.4g) %s %.6g%s, %.1f s, %.0f beats/s", epoch, row["loss_d"], row["loss_g"],
                  row["loss_rec"], row["loss_fm"], criterion, value, " (best)" if improved else "", row["epoch_seconds"], row["beats_per_s"])
     if not gen_path.is_file():
         raise CheckpointError(f"{out}: no epoch was trained (epochs={config.epochs}) and no generator.pt exists")
-    _write_json(metrics_path, summary())
+    write_json(metrics_path, summary())
     return {"generator": str(gen_path), "checkpoint": str(ckpt_path), "metrics": str(metrics_path), **{k: v for k, v in summary().items() if k != "history"}}
