@@ -40,7 +40,7 @@ def machine() -> str:
 def stages(folder: Path, records: tuple[str, ...], with_biosppy: bool) -> dict[str, float]:
     """Single-process seconds per stage of preprocess, summed over records."""
     from sibeatgan.data import artifact, beats, rpeaks
-    from sibeatgan.data.preprocess import _sha256
+    from sibeatgan.files import sha256_file
     from sibeatgan.data.records import read_record
 
     t: dict[str, float] = {}
@@ -74,7 +74,7 @@ def stages(folder: Path, records: tuple[str, ...], with_biosppy: bool) -> dict[s
         artifact.quantize(w)
         s = add("label, cut, min-max, quantize", s)
         for ext in ("hea", "dat", "atr"):
-            _sha256(folder / f"{name}.{ext}")
+            sha256_file(folder / f"{name}.{ext}")
         add("sha256 of input files", s)
     return t
 

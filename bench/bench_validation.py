@@ -1,9 +1,9 @@
 """How long the validation gate takes: record level on MIT-BIH, beat level on a ~100k-beat dataset.
 
-    python bench/validation_bench.py [--mitdb ../shared/data/mitdb] [--dataset DIR]
+    python bench/bench_validation.py [--mitdb ../shared/data/mitdb] [--dataset DIR]
 
 Without --dataset a synthetic 97,568-beat dataset (the reference count) is built in a temp folder.
-Results are appended to bench/validation_bench.md.
+Results are appended to bench/validation.md.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> None:
         "",
     ]
     print("\n".join(lines))
-    with open(HERE / "validation_bench.md", "a") as fh:
+    with open(HERE / "validation.md", "a") as fh:
         fh.write("\n".join(lines) + "\n")
 
 

@@ -174,7 +174,7 @@ def evaluate(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for every step's output."),
-    epochs: int = typer.Option(5, help="Teacher epochs (small: this is a smoke run of the whole chain)."),
+    epochs: int = typer.Option(10, help="Teacher epochs (small: this is a smoke run of the whole chain)."),
     progress: bool = ProgressOpt,
 ) -> None:
     """Run the whole local chain on synthetic data: synth, ingest, validate, preprocess, train-teacher, evaluate."""

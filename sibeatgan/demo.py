@@ -12,7 +12,7 @@ from sibeatgan.config import EvaluateConfig, IngestConfig, PreprocessConfig, Syn
 log = logging.getLogger(__name__)
 
 
-def run_demo(out: Path, epochs: int = 5, progress: bool = False, synth: SynthConfig | None = None) -> dict[str, Any]:
+def run_demo(out: Path, epochs: int = 10, progress: bool = False, synth: SynthConfig | None = None) -> dict[str, Any]:
     """synth -> ingest -> validate records -> preprocess -> validate beats -> train teacher -> evaluate."""
     from sibeatgan.data.preprocess import run_preprocess
     from sibeatgan.data.sources import run_ingest

@@ -8,7 +8,6 @@ per annotated beat of the grouping whose window fits the signal; normal beats ke
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -28,6 +27,7 @@ from sibeatgan.data import artifact, beats, rpeaks
 from sibeatgan.data.records import Header, read_header, read_record
 from sibeatgan.data.splits import assign_folds
 from sibeatgan.errors import ConfigError, RecordError, SourceError
+from sibeatgan.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,6 @@ def lead_columns(header: Header, leads: tuple[str, ...]) -> tuple[int, ...]:
     if missing:
         raise RecordError(header.name, f"has no lead {', '.join(missing)}; its leads are {', '.join(header.sig_names)}")
     return tuple(header.sig_names.index(lead) for lead in leads)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _process(job: _Job) -> dict[str, Any]:
@@ -128,7 +120,7 @@ def _process_record(job: _Job) -> dict[str, Any]:
         "flat": int((windows.max(axis=-1) == windows.min(axis=-1)).any(axis=-1).sum()),
         "dropped_edge": int((in_class & ~fits).sum()),
         "dropped_rpeak": int((fits & ~keep).sum()),
-        "sources": {f: _sha256(source / f) for f in files},
+        "sources": {f: sha256_file(source / f) for f in files},
         "fs": rec.fs,
     }
 

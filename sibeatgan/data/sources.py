@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sibeatgan.config import IngestConfig
 from sibeatgan.errors import ConfigError, SourceError
-from sibeatgan.files import write_text
+from sibeatgan.files import sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,6 @@ S3_CONNECT_TIMEOUT_S = 3.0
 S3_READ_TIMEOUT_S = 30.0
 S3_MAX_ATTEMPTS = 2
 _CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_sha256sums(text: str, origin: str = CHECKSUMS) -> dict[str, str]:
