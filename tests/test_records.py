@@ -111,3 +111,13 @@ def test_unreadable_annotations(tmp_path):
     atr.write_bytes(b"\xff\xff\xff")
     with pytest.raises(RecordError, match=r"record 100: annotation file 100.atr cannot be read"):
         read_record(tmp_path, "100")
+
+
+def test_corrupted_dat_with_no_data_samples_is_refused(tmp_path):
+    """Garbage bytes inside a .dat decode partly to WFDB's no-data value; the record is refused, not filtered into NaN beats."""
+    src = copy_record(tmp_path)
+    data = bytearray((src / "100.dat").read_bytes())
+    data[300_000:300_003] = bytes([0x00, 0x88, 0x00])  # one format-212 pair (MLII and V5 at sample 100000): both -2048, no data
+    (src / "100.dat").write_bytes(bytes(data))
+    with pytest.raises(RecordError, match=r"record 100: signal holds 2 invalid sample\(s\) .* the first at sample 100000 of lead MLII: 100.dat is corrupted"):
+        read_record(src, "100")

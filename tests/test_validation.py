@@ -214,6 +214,12 @@ def _truncated_dat(d: Path) -> None:
         fh.truncate(1_000_000)
 
 
+def _garbage_dat(d: Path) -> None:
+    with open(d / "100.dat", "r+b") as fh:  # one format-212 pair decoding to WFDB's no-data value, -2048
+        fh.seek(300_000)
+        fh.write(bytes([0x00, 0x88, 0x00]))
+
+
 def _missing_dat(d: Path) -> None:
     (d / "100.dat").unlink()
 
@@ -236,6 +242,7 @@ DAMAGE = {
     "lead MLII present": (_no_mlii, "leads=ML2,V5"),
     "signal files present": (_missing_dat, "signal file 100.dat is missing"),
     ".dat size matches the header": (_truncated_dat, "dat_bytes=1000000, dat_expected_bytes=1950000"),
+    "signal decodes (no invalid samples)": (_garbage_dat, "2 invalid sample(s)"),
     "annotations readable": (_missing_atr, "annotation file 100.atr is missing"),
     "annotations non-empty": (_empty_atr, "n_annotations=0"),
     "header readable": (_garbage_header, "header file 100.hea cannot be parsed"),

@@ -107,27 +107,31 @@ def read_header(folder: Path, name: str) -> Header:
     )
 
 
-def check_signal_files(folder: Path, header: Header) -> None:
-    """RecordError if a signal file is missing or holds fewer bytes than the header needs."""
-    folder = Path(folder)
+def signal_file_bytes(header: Header) -> dict[str, tuple[int, str]]:
+    """Per signal file: (bytes the header promises, a description of why); RecordError on an unknown format."""
     by_file: dict[str, list[int]] = {}
     for i, fname in enumerate(header.file_names):
         by_file.setdefault(fname, []).append(i)
+    out = {}
     for fname, idx in by_file.items():
-        path = folder / fname
-        if not path.is_file():
-            raise RecordError(header.name, f"signal file {fname} is missing from {folder}")
         fmt = header.formats[idx[0]]
         if fmt not in BYTES_PER_SAMPLE:
             raise RecordError(header.name, f"signal file {fname} has unsupported format {fmt}")
         needed = header.byte_offsets[idx[0]] + math.ceil(header.n_samples * len(idx) * BYTES_PER_SAMPLE[fmt])
+        out[fname] = (needed, f"{header.n_samples} samples x {len(idx)} signals, format {fmt}")
+    return out
+
+
+def check_signal_files(folder: Path, header: Header) -> None:
+    """RecordError if a signal file is missing or holds fewer bytes than the header needs."""
+    folder = Path(folder)
+    for fname, (needed, why) in signal_file_bytes(header).items():
+        path = folder / fname
+        if not path.is_file():
+            raise RecordError(header.name, f"signal file {fname} is missing from {folder}")
         actual = path.stat().st_size
         if actual < needed:
-            raise RecordError(
-                header.name,
-                f"signal file {fname} is truncated: expected {needed} bytes "
-                f"({header.n_samples} samples x {len(idx)} signals, format {fmt}), found {actual}",
-            )
+            raise RecordError(header.name, f"signal file {fname} is truncated: expected {needed} bytes ({why}), found {actual}")
 
 
 def read_annotations(folder: Path, name: str, extension: str = "atr") -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +166,14 @@ def read_record(folder: Path, name: str, annotations: bool = True) -> Record:
     signal = np.asarray(rec.p_signal, dtype=np.float64)
     if signal.shape != (header.n_samples, header.n_sig):
         raise RecordError(name, f"signal has shape {signal.shape}, header promises ({header.n_samples}, {header.n_sig})")
+    invalid = ~np.isfinite(signal)
+    if invalid.any():
+        row, col = np.argwhere(invalid)[0]
+        raise RecordError(
+            name,
+            f"signal holds {int(invalid.sum())} invalid sample(s) (WFDB's no-data value), the first at sample {int(row)} "
+            f"of lead {header.sig_names[col]}: {header.file_names[col]} is corrupted or has gaps",
+        )
     if ann_samples.size and (ann_samples.min() < 0 or ann_samples.max() >= header.n_samples):
         raise RecordError(name, f"annotations reach sample {int(ann_samples.max())}, beyond the signal's {header.n_samples} samples")
     return Record(

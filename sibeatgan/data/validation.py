@@ -58,12 +58,13 @@ class Table:
 
 
 def record_table(folder: Path, names: Sequence[str], required_lead: str, progress: bool = False) -> pd.DataFrame:
-    """One row per record from its header, .dat size and annotation file; unreadable parts become errors in the row."""
+    """One row per record from its header, signal and annotation files; unreadable parts become errors in the row."""
     rows = []
     for name in tqdm(names, desc="records", unit="rec", disable=not progress):
         row: dict[str, Any] = {"record": name, "header_error": None, "fs": None, "n_leads": None, "leads": None,
                                "has_required_lead": None, "length_s": None, "dat_error": None,
-                               "dat_bytes": None, "dat_expected_bytes": None, "annotation_error": None, "n_annotations": None}
+                               "dat_bytes": None, "dat_expected_bytes": None, "signal_error": None, "annotation_error": None,
+                               "n_annotations": None}
         try:
             h = wfdb_records.read_header(folder, name)
         except RecordError as err:
@@ -73,6 +74,11 @@ def record_table(folder: Path, names: Sequence[str], required_lead: str, progres
             row.update(fs=h.fs, n_leads=h.n_sig, leads=",".join(h.sig_names),
                        has_required_lead=required_lead in h.sig_names, length_s=h.n_samples / h.fs)
             row["dat_expected_bytes"], row["dat_bytes"], row["dat_error"] = _dat_sizes(folder, h)
+            if row["dat_error"] is None and row["dat_bytes"] == row["dat_expected_bytes"]:
+                try:  # decode the signal: garbage bytes show up as WFDB's no-data value
+                    wfdb_records.read_record(folder, name, annotations=False)
+                except RecordError as err:
+                    row["signal_error"] = err.problem
         try:
             samples, _ = wfdb_records.read_annotations(folder, name)
             row["n_annotations"] = int(samples.size)
@@ -86,16 +92,16 @@ def record_table(folder: Path, names: Sequence[str], required_lead: str, progres
 
 def _dat_sizes(folder: Path, h: wfdb_records.Header) -> tuple[int | None, int | None, str | None]:
     """(bytes the header promises, bytes on disk, problem) over the record's signal files."""
+    try:
+        needed = wfdb_records.signal_file_bytes(h)
+    except RecordError as err:
+        return None, None, err.problem
     expected = actual = 0
-    for fname in dict.fromkeys(h.file_names):
-        idx = [i for i, f in enumerate(h.file_names) if f == fname]
-        fmt = h.formats[idx[0]]
+    for fname, (n, _) in needed.items():
         path = Path(folder) / fname
-        if fmt not in wfdb_records.BYTES_PER_SAMPLE:
-            return None, None, f"signal file {fname} has unsupported format {fmt}"
         if not path.is_file():
             return None, None, f"signal file {fname} is missing"
-        expected += h.byte_offsets[idx[0]] + math.ceil(h.n_samples * len(idx) * wfdb_records.BYTES_PER_SAMPLE[fmt])
+        expected += n
         actual += path.stat().st_size
     return expected, actual, None
 
@@ -116,6 +122,7 @@ def record_checks(config: ValidateConfig) -> list[Check]:
               gxe.ExpectColumnPairValuesToBeEqual(column_A="dat_bytes", column_B="dat_expected_bytes",
                                                   ignore_row_if="either_value_is_missing"),
               ("dat_bytes", "dat_expected_bytes")),
+        Check("signal decodes (no invalid samples)", gxe.ExpectColumnValuesToBeNull(column="signal_error"), ("signal_error",)),
         Check("annotations readable", gxe.ExpectColumnValuesToBeNull(column="annotation_error"), ("annotation_error",)),
         Check("annotations non-empty", gxe.ExpectColumnValuesToBeBetween(column="n_annotations", min_value=1),
               ("n_annotations",)),
