@@ -21,3 +21,22 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_creates_parent_folders(tmp_path):
     write_json(tmp_path / "x" / "y" / "z.json", [1, 2])
     assert (tmp_path / "x" / "y" / "z.json").read_text() == "[\n  1,\n  2\n]\n"
+
+
+def test_concurrent_writers_do_not_share_a_temp_file(tmp_path):
+    target = tmp_path / "m.json"
+    with atomic_open(target, "w") as a, atomic_open(target, "w") as b:
+        assert a.name != b.name
+        a.write("A" * 1000)
+        b.write("B")
+    assert target.read_text() == "A" * 1000  # the outer writer renamed last; nothing interleaved
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_current_umask())
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
