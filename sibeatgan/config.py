@@ -234,11 +234,14 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
-        section = SECTIONS_BY_CLASS.get(cls)
-        if section and section in loaded and isinstance(loaded[section], dict):
-            loaded = loaded[section]
-        elif any(k in SECTIONS for k in loaded):
-            loaded = {}
+        if any(k in SECTIONS for k in loaded):  # a file of sections, one per step
+            stray = sorted(k for k in loaded if k not in SECTIONS)
+            if stray:
+                raise ConfigError(f"config file {path}: unknown section(s) {', '.join(stray)}; known: {', '.join(SECTIONS)}")
+            section = loaded.get(SECTIONS_BY_CLASS.get(cls, ""), {}) or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"config file {path}: section {SECTIONS_BY_CLASS[cls]} must be a mapping")
+            loaded = section
         data.update(loaded)
     data.update(overrides or {})
     return from_dict(cls, data)

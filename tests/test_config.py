@@ -62,6 +62,14 @@ def test_bad_files(tmp_path):
     bad.write_text("epochs: [1\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         cfg.load_config(cfg.TeacherConfig, bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("preprocess:\n  seed: 1\nteachr:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="unknown section.s. teachr"):
+        cfg.load_config(cfg.TeacherConfig, typo)
+    notmap = tmp_path / "notmap.yaml"
+    notmap.write_text("teacher: 3\n")
+    with pytest.raises(ConfigError, match="section teacher must be a mapping"):
+        cfg.load_config(cfg.TeacherConfig, notmap)
     with pytest.raises(ConfigError, match="key=value"):
         cfg.parse_overrides(["epochs"])
 
