@@ -114,7 +114,7 @@ def main() -> None:
     else:
         t = time.perf_counter()
         try:
-            run_validate(ValidateConfig(), raw, None, tmp / "validation")
+            run_validate(ValidateConfig(records=("all",)), raw, None, tmp / "validation")
             outcome = "passed"
         except ValidationFailed as err:
             outcome = "failed: " + err.summary.splitlines()[0]

@@ -92,7 +92,9 @@ def validate(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for validation.json and validation.html."),
     raw: Optional[Path] = typer.Option(None, help="WFDB folder to validate at record level."),
     dataset: Optional[Path] = typer.Option(None, help="Beat dataset (from preprocess) to validate at beat level."),
-    records: Optional[str] = typer.Option(None, help="Comma-separated records to check in --raw (default: all)."),
+    records: Optional[str] = typer.Option(
+        None, help="Comma-separated records to check in --raw, or 'all' (default: the 44 the BeatGAN protocol uses)."
+    ),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -102,9 +104,8 @@ def validate(
     if raw is None and dataset is None:
         raise typer.BadParameter("give --raw, --dataset or both")
     t = time.perf_counter()
-    conf = _config(cfg.ValidateConfig, config, set_)
-    names = tuple(r.strip() for r in records.split(",") if r.strip()) if records else None
-    result = run_validate(conf, raw, dataset, out, records=names)
+    conf = _config(cfg.ValidateConfig, config, set_, records=records)
+    result = run_validate(conf, raw, dataset, out)
     _done("validate", t, result, ("success",))
 
 
@@ -147,15 +148,17 @@ def train_teacher(
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
     result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress)
-    _done("train-teacher", t, result, ("best_epoch", "selection", "best_criterion"))
+    _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
 @app.command()
 def evaluate(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder."),
-    model: list[Path] = typer.Option(..., "--model", "-m", help="Training output folder (or generator.pt); one per fold, in --folds order."),
+    model: list[Path] = typer.Option(
+        ..., "--model", "-m", help="Training output folder (or generator.pt); with --folds, one per fold in that order."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for evaluation.json and plots."),
-    folds: Optional[str] = typer.Option(None, help="Comma-separated folds, e.g. 0,1,2,3,4 (default 0)."),
+    folds: Optional[str] = typer.Option(None, help="Comma-separated folds, e.g. 0,1,2,3,4 (default: the fold each model was trained on)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -163,9 +166,14 @@ def evaluate(
     from sibeatgan.evaluate import run_evaluate
 
     conf = _config(cfg.EvaluateConfig, config, set_, folds=folds)
-    if len(model) not in (1, len(conf.folds)):
-        raise typer.BadParameter(f"{len(model)} --model for {len(conf.folds)} folds: give one per fold")
-    models = model[0] if len(model) == 1 and len(conf.folds) == 1 else dict(zip(conf.folds, model))
+    if not conf.folds:
+        if len(model) != 1:
+            raise typer.BadParameter(f"{len(model)} --model without --folds: say which fold each one is for")
+        models: Any = model[0]  # evaluated on the fold it was trained on
+    elif len(model) != len(conf.folds):
+        raise typer.BadParameter(f"{len(model)} --model for folds {','.join(map(str, conf.folds))}: give one --model per fold")
+    else:
+        models = dict(zip(conf.folds, model))
     t = time.perf_counter()
     result = run_evaluate(conf, dataset, models, out)
     _done("evaluate", t, result, ("overall",))

@@ -79,6 +79,7 @@ class PreprocessConfig:
 class ValidateConfig:
     """The validation gate: record-level and beat-level expectations."""
 
+    records: tuple[str, ...] = BEATGAN_RECORDS  # the records the pipeline uses; ("all",): every record in the folder
     fs: int = 360
     n_leads: int = 2
     required_lead: str = "MLII"
@@ -131,7 +132,7 @@ class TeacherConfig:
 class EvaluateConfig:
     """Scoring and metrics of a trained generator."""
 
-    folds: tuple[int, ...] = (0,)
+    folds: tuple[int, ...] = ()  # empty: the fold each model was trained on
     split: Literal["beatgan", "interpatient"] = "beatgan"
     n_bootstrap: int = 1000
     ci: float = 0.95

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
 
 
 def sib(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -45,3 +45,22 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and "unknown field(s) n_recordz" in r.stderr
     r = sib("synth", "--out", str(tmp_path / "s"), "--set", "duration_s=long")
     assert r.returncode == 2 and "SynthConfig.duration_s" in r.stderr
+
+
+def test_train_teacher_then_evaluate(synth_dataset, tmp_path):
+    small = ["--set", "ngf=8", "--set", "ndf=8", "--set", "nz=16", "--set", "max_train_beats=256"]
+    r = sib("train-teacher", "-d", str(synth_dataset), "-o", str(tmp_path / "t"), "--epochs", "2", "--device", "cpu",
+            "--no-progress", *small)
+    assert r.returncode == 0, r.stderr
+    assert "train-teacher done" in r.stderr and '"criterion": "val_normal_mse"' in r.stderr and "best_metric" in r.stderr
+    # Five folds asked for, one model given: refused, not quietly evaluated on one fold.
+    r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--folds", "0,1,2,3,4")
+    assert r.returncode == 2 and "give one --model per fold" in r.stderr
+    assert not (tmp_path / "e").exists()
+    r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--set", "n_bootstrap=20")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert list(result["folds"]) == ["0"] and 0.0 <= result["folds"]["0"]["auc"] <= 1.0
+    # The model of fold 0 offered as fold 3's: refused by name.
+    r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e3"), "--folds", "3")
+    assert r.returncode == 2 and "trained on fold 0" in r.stderr

@@ -24,7 +24,8 @@ def test_mitdb_chain_passes_the_gate(mitdb_dir, tmp_path):
 
     pre = cfg.load_config(cfg.PreprocessConfig, CONFIG)
     val = cfg.load_config(cfg.ValidateConfig, CONFIG)
-    records = run_validate(val, raw, None, tmp_path / "v-records", records=pre.records)
+    assert val.records == pre.records  # the gate checks the records preprocess will use
+    records = run_validate(val, raw, None, tmp_path / "v-records")
     assert records["success"]
 
     manifest = run_preprocess(pre, raw, tmp_path / "beats")
@@ -35,5 +36,5 @@ def test_mitdb_chain_passes_the_gate(mitdb_dir, tmp_path):
 
     # The same gate with the paced records in it fails, and says which records lack MLII.
     with pytest.raises(ValidationFailed, match="102") as err:
-        run_validate(val, raw, None, tmp_path / "v-all")
+        run_validate(val, raw, None, tmp_path / "v-all", records=("all",))
     assert "104" in err.value.summary and (tmp_path / "v-all" / "validation.json").is_file()

@@ -256,7 +256,7 @@ def test_damaged_record_is_caught_and_named(mitdb_dir: Path, tmp_path: Path, exp
     db = copy_records(mitdb_dir, tmp_path / "db", ("100", "101"))
     damage(db)
     with pytest.raises(ValidationFailed) as err:
-        run_validate(ValidateConfig(), db, None, tmp_path / "out")
+        run_validate(ValidateConfig(records=("all",)), db, None, tmp_path / "out")
     names = failed(err, tmp_path / "out")
     assert expectation in names
     if expectation == "n_leads == 2":  # one lead of format 212 also promises half the .dat bytes
@@ -287,13 +287,14 @@ def test_every_problem_is_reported_not_just_the_first(mitdb_dir: Path, tmp_path:
 @pytest.mark.mitdb
 def test_real_mitdb_fails_only_on_records_without_mlii(mitdb_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValidationFailed) as err:
-        run_validate(ValidateConfig(), mitdb_dir, None, tmp_path / "all")
+        run_validate(ValidateConfig(), mitdb_dir, None, tmp_path / "all", records=("all",))
     names = failed(err, tmp_path / "all")
     assert list(names) == ["lead MLII present"]
     assert [r["record"] for r in names["lead MLII present"]["offending"]] == ["102", "104"]
     report = json.loads((tmp_path / "all" / "validation.json").read_text())
     assert report["suites"][0]["rows"] == len(MITDB_RECORDS)
-    result = run_validate(ValidateConfig(), mitdb_dir, None, tmp_path / "protocol", records=BEATGAN_RECORDS)
+    result = run_validate(ValidateConfig(), mitdb_dir, None, tmp_path / "protocol")  # the 44 protocol records by default
+    assert result["inputs"]["records"] == list(BEATGAN_RECORDS)
     assert result["success"] and result["suites"][0]["rows"] == 44
 
 
@@ -309,12 +310,12 @@ def test_expectation_that_raises_is_reported_as_failed() -> None:
 
 def test_missing_raw_folder_is_a_failed_suite(tmp_path: Path) -> None:
     with pytest.raises(ValidationFailed, match="records: .*nowhere is not a folder"):
-        run_validate(ValidateConfig(), tmp_path / "nowhere", None, tmp_path / "out")
+        run_validate(ValidateConfig(records=("all",)), tmp_path / "nowhere", None, tmp_path / "out")
     assert (tmp_path / "out" / "validation.html").is_file()
 
 
 def test_synthetic_database_passes(synth_db: Path, tmp_path: Path) -> None:
-    result = run_validate(ValidateConfig(), synth_db, None, tmp_path / "out")
+    result = run_validate(ValidateConfig(records=("all",)), synth_db, None, tmp_path / "out")
     assert result["success"] and result["suites"][0]["rows"] >= 1
 
 

@@ -465,7 +465,7 @@ def render_html(result: dict[str, Any]) -> str:
 
 def run_validate(config: ValidateConfig, raw: Path | None, dataset: Path | None, out: Path,
                  records: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Validate a WFDB folder (`records` of it, default all) and/or a beat dataset; write the reports.
+    """Validate a WFDB folder (`records` of it, default config.records) and/or a beat dataset; write the reports.
 
     Raises ValidationFailed, after writing out/validation.json and out/validation.html, when any
     expectation fails or an input cannot be read.
@@ -473,12 +473,14 @@ def run_validate(config: ValidateConfig, raw: Path | None, dataset: Path | None,
     if raw is None and dataset is None:
         raise ConfigError("run_validate: give a raw WFDB folder, a dataset folder or both")
     count_bounds(config)  # a bad config is refused before anything is read or written
+    records = tuple(records if records is not None else config.records)
+    names = None if records == ("all",) else records
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _quiet_gx():
         tables: list[Table] = []
         if raw is not None:
-            tables += record_tables(config, Path(raw), records, progress)
+            tables += record_tables(config, Path(raw), names, progress)
         if dataset is not None:
             tables += dataset_tables(config, Path(dataset))
         ctx = _context()
@@ -492,7 +494,7 @@ def run_validate(config: ValidateConfig, raw: Path | None, dataset: Path | None,
         "success": all(s["success"] for s in suites),
         "summary": summary,
         "inputs": {"raw": str(raw) if raw is not None else None, "dataset": str(dataset) if dataset is not None else None,
-                   "records": list(records) if records is not None else None},
+                   "records": list(records)},
         "config": to_dict(config),
         "suites": suites,
     }
