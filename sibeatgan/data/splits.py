@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from sibeatgan.config import DS1_RECORDS, DS2_RECORDS
@@ -36,9 +38,9 @@ def assign_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 
 
 def _take_fraction(idx: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Split idx into (a random `fraction` of it, the rest), both sorted."""
+    """Split idx into (a random `fraction` of it, rounded up as sklearn's train_test_split does, the rest), both sorted."""
     perm = rng.permutation(idx)
-    k = int(round(fraction * idx.shape[0]))
+    k = math.ceil(fraction * idx.shape[0] - 1e-9)
     return np.sort(perm[:k]), np.sort(perm[k:])
 
 
@@ -56,15 +58,18 @@ def _split_anomalies(ds: BeatDataset, pool: np.ndarray, fraction: float, rng: np
 
 
 def beatgan_split(ds: BeatDataset, fold: int, val_fraction: float = 0.1, seed: int = 0) -> Split:
-    """BeatGAN protocol: test = normal fold `fold` + 90% of anomalies; val = 10% of the other normals + 10% of anomalies."""
+    """BeatGAN protocol: test = normal fold `fold` + 90% of anomalies; val = 10% of the other normals + 10% of anomalies.
+
+    As in the reference, the anomalies' val/test split is the same for every fold (it depends on the seed only),
+    so the spread over folds is the spread of the normal folds.
+    """
     n_folds = int(ds.folds.max()) + 1 if ds.folds.size else 0
     if not 0 <= fold < n_folds:
         raise DatasetError(f"fold {fold} does not exist: the dataset has folds 0..{n_folds - 1}")
-    rng = np.random.default_rng([seed, fold])
     normals = np.flatnonzero(ds.labels == 0)
     test_n = normals[ds.folds[normals] == fold]
-    val_n, train = _take_fraction(normals[ds.folds[normals] != fold], val_fraction, rng)
-    val_a, test_a = _split_anomalies(ds, np.flatnonzero(ds.labels != 0), val_fraction, rng)
+    val_n, train = _take_fraction(normals[ds.folds[normals] != fold], val_fraction, np.random.default_rng([seed, fold]))
+    val_a, test_a = _split_anomalies(ds, np.flatnonzero(ds.labels != 0), val_fraction, np.random.default_rng([seed, 1 << 16]))
     return Split("beatgan", train, np.sort(np.concatenate([val_n, val_a])), np.sort(np.concatenate([test_n, test_a])))
 
 
