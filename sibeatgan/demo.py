@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from sibeatgan.config import EvaluateConfig, IngestConfig, PreprocessConfig, SynthConfig, TeacherConfig, ValidateConfig
+from sibeatgan.config import (
+    EvaluateConfig,
+    IngestConfig,
+    PreprocessConfig,
+    SynthConfig,
+    TeacherConfig,
+    ValidateConfig,
+)
+from sibeatgan.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +40,7 @@ def run_demo(out: Path, epochs: int = 10, progress: bool = False, synth: SynthCo
 
     teacher = run_train_teacher(TeacherConfig(epochs=epochs), out / "dataset", out / "teacher", progress=progress)
     evaluation = run_evaluate(EvaluateConfig(folds=(0,)), out / "dataset", out / "teacher", out / "evaluation")
-    fold0 = evaluation["folds"]["0"] if "folds" in evaluation else evaluation
+    fold0 = evaluation["folds"]["0"]
     summary = {
         "records": len(records),
         "counts": manifest["counts"],
@@ -42,5 +49,5 @@ def run_demo(out: Path, epochs: int = 10, progress: bool = False, synth: SynthCo
         "auc": round(float(fold0["auc"]), 4),
         "ap": round(float(fold0["ap"]), 4),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     return summary

@@ -228,3 +228,32 @@ def test_mitdb_beatgan_counts(mitdb_dataset):
     s = int(ds.samples[k])
     ref = rpeaks.reference_filter(rec.signal[:, 1], FS)[s - 140:s + 180]
     np.testing.assert_allclose(ds.float_beats(k)[0], beats.minmax_scale(ref), atol=1 / 32767)
+
+
+def test_rpeak_check_uses_mlii_whatever_leads_are_kept(tmp_path):
+    """Keeping only a lead with no visible R waves must not drop the normal beats: R peaks come from MLII."""
+    src = tmp_path / "src"
+    src.mkdir()
+    peaks = write_record(src, "905", [(1000, "N")], sig_names=("MLII", "V1"))  # a clean MLII to copy
+    mlii = wfdb.rdrecord(str(src / "905")).p_signal[:, 0]
+    noise = 0.05 * np.random.default_rng(1).standard_normal(mlii.size)
+    wfdb.wrsamp("906", fs=FS, units=["mV", "mV"], sig_name=["MLII", "V2"], p_signal=np.column_stack([mlii, noise]),
+                fmt=["212", "212"], adc_gain=[200, 200], baseline=[1024, 1024], write_dir=str(src))
+    wfdb.wrann("906", "atr", peaks[1:-1], ["N"] * (len(peaks) - 2), write_dir=str(src))
+    kept_mlii = run_preprocess(config(("906",)), src, tmp_path / "a", workers=1)
+    kept_v2 = run_preprocess(config(("906",), leads=("V2",)), src, tmp_path / "b", workers=1)
+    assert kept_mlii["counts"]["N"] == len(peaks) - 2
+    assert kept_v2["counts"]["N"] == kept_mlii["counts"]["N"]
+    np.testing.assert_array_equal(artifact.load(tmp_path / "a").samples, artifact.load(tmp_path / "b").samples)
+
+
+def test_an_unexpected_failure_still_names_its_record(db, tmp_path, monkeypatch):
+    src, _ = db
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(beats, "cut_windows", broken)
+    with pytest.raises(RecordError, match=r"record 900: preprocessing failed \(ValueError: boom\)"):
+        run_preprocess(config(("900",)), src, tmp_path / "out", workers=1)
+    assert not (tmp_path / "out").exists()

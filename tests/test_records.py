@@ -121,3 +121,12 @@ def test_corrupted_dat_with_no_data_samples_is_refused(tmp_path):
     (src / "100.dat").write_bytes(bytes(data))
     with pytest.raises(RecordError, match=r"record 100: signal holds 2 invalid sample\(s\) .* the first at sample 100000 of lead MLII: 100.dat is corrupted"):
         read_record(src, "100")
+
+
+def test_annotations_beyond_the_signal_are_refused(tmp_path):
+    import wfdb
+
+    src = copy_record(tmp_path)
+    wfdb.wrann("100", "atr", np.array([100, 649_999, 650_500]), ["N", "N", "N"], write_dir=str(src))
+    with pytest.raises(RecordError, match=r"record 100: annotations reach sample 650500, beyond the signal's 650000 samples"):
+        read_record(src, "100")

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -41,6 +42,7 @@ class _Job:
     source: str
     name: str
     lead_cols: tuple[int, ...]
+    rpeak_col: int  # R peaks are found on MLII where the record has it, whatever the leads kept
     fs: int
     resample: bool
     before: int
@@ -67,11 +69,13 @@ def lead_columns(header: Header, leads: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def _process(job: _Job) -> dict[str, Any]:
-    """Beats of one record; a RecordError comes back as a value (it does not pickle across processes)."""
+    """Beats of one record; errors come back as values naming the record (a RecordError does not pickle)."""
     try:
         return _process_record(job)
     except RecordError as err:
         return {"error": (err.record, err.problem)}
+    except Exception as err:  # noqa: BLE001 - any other failure still names its record; the traceback goes to the log
+        return {"error": (job.name, f"preprocessing failed ({type(err).__name__}: {err})"), "traceback": traceback.format_exc()}
 
 
 def _process_record(job: _Job) -> dict[str, Any]:
@@ -98,11 +102,13 @@ def _process_record(job: _Job) -> dict[str, Any]:
     x = signal[:, list(job.lead_cols)]
     ref_first = None
     if job.rpeak_check:
-        ref_first = rpeaks.reference_filter(x[:, 0], job.fs)
+        ref_rpeak = rpeaks.reference_filter(signal[:, job.rpeak_col], job.fs)
         normal = fits & (labels == 0)
-        peaks = rpeaks.detect_rpeaks(ref_first, job.fs, engine=job.rpeak_engine)
+        peaks = rpeaks.detect_rpeaks(ref_rpeak, job.fs, engine=job.rpeak_engine)
         near = beats.nearest_distance(samples[normal], peaks) < job.rpeak_tolerance
         keep[np.flatnonzero(normal)[~near]] = False
+        if job.rpeak_col == job.lead_cols[0]:
+            ref_first = ref_rpeak
     if is_reference and ref_first is not None:
         filtered = np.column_stack([ref_first] + [rpeaks.reference_filter(x[:, c], job.fs) for c in range(1, x.shape[1])])
     else:
@@ -156,11 +162,12 @@ def _jobs(config: PreprocessConfig, source: Path, kind: str, rpeak_engine: str) 
             raise RecordError(name, f"sampling rate is {h.fs:g} Hz, the configuration expects {config.fs} Hz "
                                     "(set on_other_fs=resample to resample it)")
         cols = lead_columns(h, config.leads)
+        rpeak_col = h.sig_names.index(PRIMARY_LEAD) if PRIMARY_LEAD in h.sig_names else cols[0]
         if n_cols is not None and len(cols) != n_cols:
             raise RecordError(name, f"has {len(cols)} leads, the records before it have {n_cols}")
         n_cols = len(cols)
         jobs.append(_Job(
-            str(source), name, cols, config.fs, config.on_other_fs == "resample", config.before, config.after,
+            str(source), name, cols, rpeak_col, config.fs, config.on_other_fs == "resample", config.before, config.after,
             (kind, config.bandpass_low_hz, config.bandpass_high_hz, config.bandpass_order),
             config.rpeak_check, config.rpeak_tolerance, config.grouping, rpeak_engine,
         ))
@@ -184,6 +191,8 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[dict[str, 
     bar.close()
     for res in results:
         if "error" in res:
+            if "traceback" in res:
+                log.debug("record %s:\n%s", res["error"][0], res["traceback"])
             raise RecordError(*res["error"])
     return results
 

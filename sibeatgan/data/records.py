@@ -174,7 +174,9 @@ def read_record(folder: Path, name: str, annotations: bool = True) -> Record:
             f"signal holds {int(invalid.sum())} invalid sample(s) (WFDB's no-data value), the first at sample {int(row)} "
             f"of lead {header.sig_names[col]}: {header.file_names[col]} is corrupted or has gaps",
         )
-    if ann_samples.size and (ann_samples.min() < 0 or ann_samples.max() >= header.n_samples):
+    if ann_samples.size and ann_samples.min() < 0:
+        raise RecordError(name, f"annotations include sample {int(ann_samples.min())}, before the signal's start")
+    if ann_samples.size and ann_samples.max() >= header.n_samples:
         raise RecordError(name, f"annotations reach sample {int(ann_samples.max())}, beyond the signal's {header.n_samples} samples")
     return Record(
         name=name,
