@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from sibeatgan.config import IngestConfig, SynthConfig
 from sibeatgan.data import sources
-from sibeatgan.data.sources import CACHE_MARKER, run_ingest
+from sibeatgan.data.sources import CACHE_MARKER, OUTPUT_MARKER, run_ingest, staged_dir
 from sibeatgan.data.synth import run_synth
 from sibeatgan.errors import ConfigError, SourceError
 
@@ -33,10 +34,16 @@ def _sums(folder: Path) -> dict[str, str]:
     return {name: digest for digest, name in (line.split("  ") for line in (folder / "SHA256SUMS").read_text().splitlines())}
 
 
+def _marker(folder: Path) -> dict:
+    return json.loads((folder / OUTPUT_MARKER).read_text())
+
+
 def _assert_good_copy(out: Path, src: Path, records: list[str]) -> None:
     assert (out / "RECORDS").read_text().split() == records
     sums = _sums(out)
-    assert set(sums) == {p.name for p in out.iterdir()} - {"SHA256SUMS"}
+    assert set(sums) == {p.name for p in out.iterdir()} - {"SHA256SUMS", OUTPUT_MARKER}
+    marker = _marker(out)
+    assert marker["written_by"].startswith("sibeatgan ") and marker["step"] == "ingest" and marker["written_at"]
     for name, digest in sums.items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
         if name != "RECORDS":
@@ -74,8 +81,10 @@ def test_local_subset_of_real_mitdb(mitdb_dir, tmp_path):
 
 def test_local_all_records_of_synth(synth_src, tmp_path):
     before = {p.name: p.read_bytes() for p in synth_src.iterdir()}
+    assert _marker(synth_src)["step"] == "synth", "the source is a sibeatgan output with its own marker"
     result = run_ingest(IngestConfig(source=str(synth_src)), tmp_path / "out")
     assert result["records"] == ["100", "101", "106"] and result["checksums_verified"] == 9
+    assert OUTPUT_MARKER not in result["files"]
     _assert_good_copy(tmp_path / "out", synth_src, ["100", "101", "106"])
     assert {p.name: p.read_bytes() for p in synth_src.iterdir()} == before, "the source was modified"
 
@@ -150,6 +159,86 @@ def test_bad_config_values(synth_src, tmp_path):
         run_ingest(IngestConfig(source="https://example.org/mitdb"), tmp_path / "out")
 
 
+def test_physionet_named_checksums_are_verified(mitdb_copy, tmp_path):
+    (mitdb_copy / "SHA256SUMS").rename(mitdb_copy / "SHA256SUMS.txt")
+    result = run_ingest(IngestConfig(source=str(mitdb_copy)), tmp_path / "out")
+    assert result["checksums_verified"] == 6 and result["checksums_unlisted"] == 0
+    assert sorted(_sums(tmp_path / "out")) == ["100.atr", "100.dat", "100.hea", "101.atr", "101.dat", "101.hea",
+                                               "RECORDS"], "the output writes our own SHA256SUMS"
+    assert not (tmp_path / "out" / "SHA256SUMS.txt").exists()
+    data = bytearray((mitdb_copy / "100.hea").read_bytes())
+    data[0] ^= 0x01
+    (mitdb_copy / "100.hea").write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"checksum mismatch for 100\.hea .*\(SHA256SUMS\.txt\)"):
+        run_ingest(IngestConfig(source=str(mitdb_copy)), tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_sha256sums_is_preferred_over_the_txt_name(mitdb_copy, tmp_path):
+    bogus = "".join(f"{'0' * 64}  {n}\n" for n in ("100.dat", "101.dat"))
+    (mitdb_copy / "SHA256SUMS.txt").write_text(bogus)
+    result = run_ingest(IngestConfig(source=str(mitdb_copy)), tmp_path / "out")
+    assert result["checksums_verified"] == 6
+    (mitdb_copy / "SHA256SUMS").unlink()
+    with pytest.raises(SourceError, match=r"checksum mismatch for 10[01]\.dat .*\(SHA256SUMS\.txt\)"):
+        run_ingest(IngestConfig(source=str(mitdb_copy)), tmp_path / "out2")
+
+
+# Output folders -----------------------------------------------------------------------------
+
+
+def test_out_with_user_files_is_refused_before_any_work(monkeypatch, synth_src, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    refused = (rf"^{re.escape(str(out))}: folder is not empty and was not written by sibeatgan .* "
+               "choose a new or empty folder")
+    with pytest.raises(ConfigError, match=refused):
+        run_ingest(IngestConfig(source=str(synth_src)), out)
+    # Checked before the source is even looked at: neither a missing folder nor a download comes first.
+    with pytest.raises(ConfigError, match=refused):
+        run_ingest(IngestConfig(source=str(tmp_path / "nowhere")), out)
+    _closed_port_address(monkeypatch)
+    with pytest.raises(ConfigError, match=refused):
+        run_ingest(IngestConfig(source="physionet", cache_dir=str(tmp_path / "cache")), out)
+    with pytest.raises(ConfigError, match=refused):
+        run_synth(SynthConfig(n_records=1, duration_s=12.0), out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"], "no staging, cache or output left behind"
+
+
+def test_out_that_is_a_file_or_link_is_refused(synth_src, tmp_path):
+    (tmp_path / "out.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'out.txt'))}: is a file, not a folder"):
+        run_ingest(IngestConfig(source=str(synth_src)), tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").read_text() == "keep me"
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'link'))}: is a symbolic link"):
+        run_synth(SynthConfig(n_records=1, duration_s=12.0), tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+
+
+def test_empty_folder_and_our_own_output_are_replaced(synth_src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run_ingest(IngestConfig(source=str(synth_src), records=("100",)), out)
+    _assert_good_copy(out, synth_src, ["100"])
+    (out / "scratch.txt").write_text("added to our output later")
+    run_ingest(IngestConfig(source=str(synth_src), records=("101",)), out)
+    _assert_good_copy(out, synth_src, ["101"])
+    assert not (out / "scratch.txt").exists()
+
+
+def test_out_filled_by_someone_else_during_the_run_is_kept(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(out))}: folder is not empty"), staged_dir(out) as stage:
+        (stage / "result.txt").write_text("ours")
+        (out / "theirs.txt").write_text("theirs")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["theirs.txt"]
+
+
 # PhysioNet ----------------------------------------------------------------------------------
 
 
@@ -184,6 +273,7 @@ def test_physionet_complete_cache_needs_no_network(monkeypatch, synth_src, tmp_p
     _closed_port_address(monkeypatch)
     cache = tmp_path / "cache" / "mitdb"
     shutil.copytree(synth_src, cache)
+    (cache / "SHA256SUMS").rename(cache / "SHA256SUMS.txt")  # PhysioNet's name for it
     (cache / CACHE_MARKER).write_text(json.dumps({"database": "mitdb", "records": ["100", "101"]}))
     result = run_ingest(IngestConfig(source="physionet", records=("101",), cache_dir=str(tmp_path / "cache")),
                         tmp_path / "out")
@@ -195,6 +285,36 @@ def test_physionet_complete_cache_needs_no_network(monkeypatch, synth_src, tmp_p
     (cache / CACHE_MARKER).write_text(json.dumps({"database": "mitdb", "records": "all"}))
     result = run_ingest(IngestConfig(source="physionet", cache_dir=str(tmp_path / "cache")), tmp_path / "all")
     assert result["records"] == ["100", "101", "106"]
+
+
+def test_physionet_download_fetches_sha256sums_txt(monkeypatch, synth_src, tmp_path):
+    """A stand-in for PhysioNet that, like the real server, has SHA256SUMS.txt and no SHA256SUMS."""
+    import wfdb
+    from wfdb.io import download
+
+    requested: list[list[str]] = []
+
+    def dl_database(db, dl_dir, records, annotators):
+        assert db == "mitdb" and records == "all"
+        for p in synth_src.iterdir():
+            if p.suffix in (".hea", ".dat", ".atr"):
+                shutil.copyfile(p, Path(dl_dir) / p.name)
+
+    def dl_files(db, dl_dir, files, overwrite=False):
+        requested.append(list(files))
+        if files != ["SHA256SUMS.txt"]:
+            raise OSError(f"404 Not Found: {files}")
+        shutil.copyfile(synth_src / "SHA256SUMS", Path(dl_dir) / "SHA256SUMS.txt")
+
+    monkeypatch.setattr(sources, "_probe_physionet", lambda: None)
+    monkeypatch.setattr(wfdb, "dl_database", dl_database)
+    monkeypatch.setattr(download, "dl_files", dl_files)
+    result = run_ingest(IngestConfig(source="physionet", cache_dir=str(tmp_path / "cache")), tmp_path / "out")
+    assert requested == [["SHA256SUMS.txt"]]
+    assert result["checksums_verified"] == 9 and result["checksums_unlisted"] == 0
+    _assert_good_copy(tmp_path / "out", synth_src, ["100", "101", "106"])
+    assert json.loads((tmp_path / "cache" / "mitdb" / CACHE_MARKER).read_text()) == {
+        "database": "mitdb", "records": "all"}
 
 
 # S3 -----------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import wfdb
 
 from sibeatgan.config import DS1_RECORDS, DS2_RECORDS, SynthConfig
+from sibeatgan.data.sources import OUTPUT_MARKER
 from sibeatgan.data.synth import run_synth
 from sibeatgan.errors import ConfigError
 
@@ -87,7 +90,8 @@ def test_sha256sums_are_correct(synth):
     for line in lines:
         digest, name = line.split("  ")
         listed[name] = digest
-    assert set(listed) == {p.name for p in db.iterdir()} - {"SHA256SUMS"}
+    assert set(listed) == {p.name for p in db.iterdir()} - {"SHA256SUMS", OUTPUT_MARKER}
+    assert OUTPUT_MARKER not in summary["files"] and (db / OUTPUT_MARKER).is_file()
     for name, digest in listed.items():
         assert hashlib.sha256((db / name).read_bytes()).hexdigest() == digest, name
 
@@ -106,6 +110,8 @@ def test_deterministic_for_a_seed(tmp_path):
 def test_rerun_replaces_out_and_bad_config_keeps_it(tmp_path):
     out = tmp_path / "db"
     out.mkdir()
+    run_synth(SMALL, out)
+    assert json.loads((out / OUTPUT_MARKER).read_text())["step"] == "synth"
     (out / "stale.txt").write_text("old")
     run_synth(SMALL, out)
     assert not (out / "stale.txt").exists()
@@ -116,6 +122,17 @@ def test_rerun_replaces_out_and_bad_config_keeps_it(tmp_path):
         with pytest.raises(ConfigError, match=field):
             run_synth(bad, out)
     assert (out / "SHA256SUMS").read_text() == before
+
+
+def test_user_folder_is_never_replaced(tmp_path):
+    out = tmp_path / "db"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused = rf"^{re.escape(str(out))}: folder is not empty and was not written by sibeatgan"
+    with pytest.raises(ConfigError, match=refused):
+        run_synth(SMALL, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["db"]
 
 
 def test_record_114_has_mlii_second(tmp_path):

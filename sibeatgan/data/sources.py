@@ -2,8 +2,12 @@
 
 Every ingest stages into a temporary folder beside `out` and renames it into
 place, so a failed ingest leaves nothing half-written and never destroys a
-previous good copy. Files are checked against the source's SHA256SUMS when it
-has one, and `out/SHA256SUMS` is written for what was ingested.
+previous good copy. `out` is replaced only when it is absent, an empty folder,
+or holds the marker `.sibeatgan-output.json` that every output folder gets;
+anything else is refused before any work starts. Files are checked against the
+source's `SHA256SUMS` or, as PhysioNet names it, `SHA256SUMS.txt` (the first
+when both exist); the output always gets our own `out/SHA256SUMS` for what was
+ingested (the marker is not listed).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -27,11 +32,14 @@ from tqdm.auto import tqdm
 
 from sibeatgan.config import IngestConfig
 from sibeatgan.errors import ConfigError, SourceError
-from sibeatgan.files import sha256_file, write_text
+from sibeatgan.files import sha256_file, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 CHECKSUMS = "SHA256SUMS"
+PHYSIONET_CHECKSUMS = "SHA256SUMS.txt"
+CHECKSUM_NAMES = (CHECKSUMS, PHYSIONET_CHECKSUMS)  # looked for in a source, in this order
+OUTPUT_MARKER = ".sibeatgan-output.json"
 RECORD_LIST = "RECORDS"
 REQUIRED_EXTENSIONS = (".hea", ".dat")
 OPTIONAL_EXTENSIONS = (".atr",)
@@ -59,22 +67,58 @@ def parse_sha256sums(text: str, origin: str = CHECKSUMS) -> dict[str, str]:
 
 
 def write_sha256sums(folder: Path, names: list[str] | None = None) -> Path:
-    """Write `folder/SHA256SUMS` for `names` (default: every plain file but SHA256SUMS), sorted."""
+    """Write `folder/SHA256SUMS` for `names` (default: every plain file but SHA256SUMS and markers), sorted."""
     folder = Path(folder)
     if names is None:
-        names = [p.name for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS]
+        skip = {CHECKSUMS, OUTPUT_MARKER, CACHE_MARKER}
+        names = [p.name for p in folder.iterdir() if p.is_file() and p.name not in skip]
     lines = [f"{sha256_file(folder / n)}  {n}\n" for n in sorted(names)]
     return write_text(folder / CHECKSUMS, "".join(lines))
 
 
-@contextlib.contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield an empty temp folder beside `out`; on success it replaces `out`, on error it is removed."""
+def _written_by_us(folder: Path) -> bool:
+    """True when `folder` holds a readable output marker written by sibeatgan."""
+    try:
+        marker = json.loads((folder / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and str(marker.get("written_by", "")).startswith("sibeatgan")
+
+
+def check_out(out: Path) -> Path:
+    """Raise ConfigError unless `out` may be replaced: absent, an empty folder, or an earlier sibeatgan output."""
     out = Path(out).expanduser()
+    if out.is_symlink():
+        raise ConfigError(f"{out}: is a symbolic link, not a folder sibeatgan wrote; choose a new or empty folder")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise ConfigError(f"{out}: is a file, not a folder; choose a new or empty folder")
+    with os.scandir(out) as entries:
+        if next(entries, None) is None or _written_by_us(out):
+            return out
+    raise ConfigError(f"{out}: folder is not empty and was not written by sibeatgan (it has no {OUTPUT_MARKER}); "
+                      "choose a new or empty folder")
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path, step: str = "") -> Iterator[Path]:
+    """Yield an empty temp folder beside `out`; on success it gets the output marker and replaces `out`.
+
+    `out` must pass `check_out` (checked on entry and again before the swap); on error the stage is removed
+    and `out` is untouched.
+    """
+    out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         yield stage
+        write_json(stage / OUTPUT_MARKER, {
+            "written_by": f"sibeatgan {_version()}",
+            "step": step,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        check_out(out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -92,6 +136,12 @@ def staged_dir(out: Path) -> Iterator[Path]:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _version() -> str:
+    from sibeatgan import __version__
+
+    return __version__
 
 
 def _copy_hashing(src: IO[bytes], dest: Path) -> tuple[str, int]:
@@ -274,9 +324,10 @@ def physionet_cache(config: IngestConfig) -> FolderSource:
         raise SourceError(f"downloading {config.database} from PhysioNet into {cache} failed: {err}") from None
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            download.dl_files(config.database, str(cache), [CHECKSUMS])
+            download.dl_files(config.database, str(cache), [PHYSIONET_CHECKSUMS], overwrite=True)
     except Exception as err:
-        log.warning("ingest: no %s for %s on PhysioNet (%s); files will not be verified", CHECKSUMS, config.database, err)
+        log.warning("ingest: no %s for %s on PhysioNet (%s); files will not be verified",
+                    PHYSIONET_CHECKSUMS, config.database, err)
     previous: Any = None
     with contextlib.suppress(OSError, ValueError):
         previous = json.loads((cache / CACHE_MARKER).read_text()).get("records")
@@ -284,7 +335,7 @@ def physionet_cache(config: IngestConfig) -> FolderSource:
         records = sorted(set(records) | set(previous or ()))
     if previous == "all":
         records = "all"
-    (cache / CACHE_MARKER).write_text(json.dumps({"database": config.database, "records": records}))
+    write_json(cache / CACHE_MARKER, {"database": config.database, "records": records})
     return FolderSource(cache, label)
 
 
@@ -306,11 +357,12 @@ def _ingest(source: Source, config: IngestConfig, out: Path, progress: bool) -> 
         raise SourceError(f"{source.label}: record(s) {', '.join(missing)} not found "
                           f"(it has {len(have)}: {', '.join(have[:10])}{' ...' if len(have) > 10 else ''})")
     sums: dict[str, str] = {}
-    if config.verify_checksums and CHECKSUMS in available:
-        with source.open(CHECKSUMS) as f:
-            sums = parse_sha256sums(f.read().decode("utf-8", "replace"), f"{source.label}/{CHECKSUMS}")
+    sums_name = next((n for n in CHECKSUM_NAMES if n in available), None)
+    if config.verify_checksums and sums_name:
+        with source.open(sums_name) as f:
+            sums = parse_sha256sums(f.read().decode("utf-8", "replace"), f"{source.label}/{sums_name}")
     elif config.verify_checksums:
-        log.warning("ingest: %s has no %s; files are copied unverified", source.label, CHECKSUMS)
+        log.warning("ingest: %s has no %s; files are copied unverified", source.label, " or ".join(CHECKSUM_NAMES))
     plan: list[str] = []
     for r in wanted:
         for ext in REQUIRED_EXTENSIONS + OPTIONAL_EXTENSIONS:
@@ -321,18 +373,18 @@ def _ingest(source: Source, config: IngestConfig, out: Path, progress: bool) -> 
                 raise SourceError(f"record {r}: {name} is missing from {source.label}")
         for name in sums:
             if name.rsplit(".", 1)[0] == r and name not in available:
-                raise SourceError(f"record {r}: {name} is listed in {CHECKSUMS} but missing from {source.label}")
+                raise SourceError(f"record {r}: {name} is listed in {sums_name} but missing from {source.label}")
 
     digests: dict[str, str] = {}
     total = verified = 0
-    with staged_dir(out) as stage:
+    with staged_dir(out, "ingest") as stage:
         for name in tqdm(plan, desc="ingest", unit="file", disable=not progress):
             with source.open(name) as f:
                 digest, size = _copy_hashing(f, stage / name)
             if name in sums:
                 if digest != sums[name]:
                     raise SourceError(f"checksum mismatch for {name} from {source.label}: "
-                                      f"expected {sums[name]}, got {digest}")
+                                      f"expected {sums[name]} ({sums_name}), got {digest}")
                 verified += 1
             digests[name] = digest
             total += size
@@ -357,16 +409,22 @@ def run_ingest(config: IngestConfig, out: Path, progress: bool = False) -> dict[
     """Ingest `config.records` (all when empty) from `config.source` into `out` and return a summary."""
     out = Path(out).expanduser()
     _check_names(config.records)
+    if "://" in config.source and not config.source.startswith("s3://"):
+        raise ConfigError(f"IngestConfig.source: {config.source!r} is not 'physionet', a folder or s3://bucket/prefix")
+    root = None
+    if config.source == "physionet":
+        root = Path(config.cache_dir).expanduser() / config.database
+    elif not config.source.startswith("s3://"):
+        root = Path(config.source).expanduser()
+    if root is not None:
+        src, dst = root.resolve(), out.resolve()
+        if src == dst or src.is_relative_to(dst) or dst.is_relative_to(src):
+            raise SourceError(f"out {out} and the source folder {root} must not contain each other")
+    check_out(out)  # before any download or copy
     if config.source == "physionet":
         source: Source = physionet_cache(config)
     elif config.source.startswith("s3://"):
         source = S3Source(config.source, config.s3_endpoint_url)
-    elif "://" in config.source:
-        raise ConfigError(f"IngestConfig.source: {config.source!r} is not 'physionet', a folder or s3://bucket/prefix")
     else:
         source = FolderSource(Path(config.source))
-    if isinstance(source, FolderSource):
-        src, dst = source.root.resolve(), out.resolve()
-        if src == dst or src.is_relative_to(dst) or dst.is_relative_to(src):
-            raise SourceError(f"out {out} and the source folder {source.root} must not contain each other")
     return _ingest(source, config, out, progress)

@@ -7,7 +7,8 @@ morphology and timing: V (premature, wide bizarre QRS, no P, compensatory
 pause), S as "A" (premature, abnormal P, narrow QRS), F (fusion of N and V)
 and Q (notched, unclassifiable). Records are written like mitdb: 360 Hz,
 leads MLII and V1, format 212, gain 200, baseline 1024, `.atr` annotations,
-plus RECORDS and SHA256SUMS. The same config and seed give identical bytes.
+plus RECORDS and SHA256SUMS. The same config and seed give identical bytes
+(all but the output marker, which records when the folder was written).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import wfdb
 
 from sibeatgan.config import DS1_RECORDS, DS2_RECORDS, SynthConfig
-from sibeatgan.data.sources import staged_dir, write_sha256sums
+from sibeatgan.data.sources import check_out, staged_dir, write_sha256sums
 from sibeatgan.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -215,12 +216,15 @@ def synth_record(name: str, config: SynthConfig, index: int, write_dir: Path) ->
 
 
 def run_synth(config: SynthConfig, out: Path) -> dict[str, Any]:
-    """Write the synthetic database into `out` (replacing it whole) and return a summary."""
+    """Write the synthetic database into `out` and return a summary.
+
+    `out` is replaced whole, so it must be absent, empty or an earlier sibeatgan output (see `check_out`).
+    """
     _check(config)
-    out = Path(out).expanduser()
+    out = check_out(Path(out).expanduser())
     names = record_names(config.n_records)
     counts: dict[str, dict[str, int]] = {}
-    with staged_dir(out) as stage:
+    with staged_dir(out, "synth") as stage:
         for i, name in enumerate(names):
             counts[name] = synth_record(name, config, i, stage)
         (stage / "RECORDS").write_text("".join(f"{n}\n" for n in names))
