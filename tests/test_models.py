@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss, feature_matching_loss, reconstruction_loss
-from sibeatgan.models import Discriminator, DiscriminatorOutput, Generator, GeneratorOutput, final_kernel
+from sibeatgan.models import Discriminator, DiscriminatorOutput, Generator, GeneratorOutput, final_kernel, init_weights
+from sibeatgan.models.beatgan import init_spec
 
 
 @pytest.mark.parametrize("nc,length", [(1, 320), (2, 320), (1, 256), (2, 96)])
@@ -66,6 +67,55 @@ def test_init_statistics():
             if m.num_features >= 256:
                 assert float(m.weight.detach().mean()) == pytest.approx(1.0, abs=0.005)
                 assert float(m.weight.detach().std()) == pytest.approx(0.02, rel=0.2)
+
+
+def torch_reference_init(module: torch.nn.Module) -> None:
+    """The reference's init written with torch.nn.init, as init_weights was before it drew from init_spec."""
+    if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+        torch.nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    elif isinstance(module, torch.nn.BatchNorm1d):
+        torch.nn.init.normal_(module.weight, 1.0, 0.02)
+        torch.nn.init.zeros_(module.bias)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Generator(2, 96, nz=8, ngf=8),
+    lambda: Discriminator(1, 64, ndf=8),
+    lambda: torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3), torch.nn.BatchNorm1d(4), torch.nn.ConvTranspose1d(4, 2, 4)),
+], ids=["generator", "discriminator", "biased-convs"])
+def test_init_weights_draws_exactly_as_torch_init(build):
+    """Seeded results must not change: the same values and the same random numbers consumed as xavier_normal_/normal_/zeros_."""
+    module = build()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(0.3)
+    results = []
+    for init in (init_weights, torch_reference_init):
+        torch.manual_seed(7)
+        module.apply(init)
+        results.append(({k: v.clone() for k, v in module.state_dict().items()}, torch.get_rng_state()))
+    (ours, rng_ours), (ref, rng_ref) = results
+    for k in ref:
+        assert torch.equal(ours[k], ref[k]), k
+    assert torch.equal(rng_ours, rng_ref)
+
+
+def test_init_spec_covers_every_parameter_with_the_reference_distribution():
+    for module in (Generator(2, 96, nz=8, ngf=8), Discriminator(1, 64, ndf=8), torch.nn.Conv1d(3, 5, 7)):
+        spec = [entry for m in module.modules() for entry in init_spec(m)]
+        assert [id(p) for p, _, _ in spec] == [id(p) for p in module.parameters()]
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                (mean, std), = [(mu, sd) for q, mu, sd in spec if q is p]
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    assert (mean, std) == ((1.0, 0.02) if name == "weight" else (0.0, 0.0))
+                elif name == "bias":
+                    assert (mean, std) == (0.0, 0.0)
+                else:
+                    fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(p)
+                    assert (mean, std) == (0.0, math.sqrt(2.0 / (fan_in + fan_out)))
 
 
 def test_losses_carry_gradient_to_the_generator():

@@ -18,6 +18,7 @@ from sibeatgan.device import Runtime
 from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.evaluate import ranked_metrics, score
 from sibeatgan.models import Generator
+from sibeatgan.models.beatgan import init_spec
 from sibeatgan.errors import CheckpointError
 from sibeatgan.train.checkpoint import load_checkpoint, load_generator
 from sibeatgan.train.teacher import TeacherTrainer, run_train_teacher
@@ -158,6 +159,14 @@ def test_d_reinit_redraws_weights_only_when_the_flag_is_set():
         elif isinstance(m, torch.nn.Conv1d):
             fan = (m.weight.shape[0] + m.weight.shape[1]) * m.weight.shape[2]
             assert float(m.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan), rel=0.25)
+
+
+def test_d_reinit_draws_from_the_same_spec_as_init_weights():
+    tr = trainer(seed=5)
+    spec = [entry for m in tr.D.modules() for entry in init_spec(m)]
+    assert [id(p) for p in tr._d_params] == [id(p) for p, _, _ in spec] == [id(p) for p in tr.D.parameters()]
+    assert tr._d_mean == [mean for _, mean, _ in spec] and tr._d_std == [std for _, _, std in spec]
+    assert any(std > 0 for std in tr._d_std) and any(std == 0 for std in tr._d_std)
 
 
 def test_d_reinit_fires_inside_the_step_below_the_threshold():

@@ -9,6 +9,8 @@ which is safe under bf16 autocast; sigmoid(logit) is the reference's probability
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -39,15 +41,35 @@ def final_kernel(length: int) -> int:
     return length // step
 
 
-def init_weights(module: nn.Module) -> None:
-    """Reference init: Xavier-normal conv weights, BatchNorm weight N(1, 0.02) and bias 0."""
+def xavier_std(weight: torch.Tensor) -> float:
+    """Standard deviation of nn.init.xavier_normal_ (gain 1) for a conv weight: sqrt(2 / (fan_in + fan_out))."""
+    receptive = weight[0][0].numel()
+    return math.sqrt(2.0 / float((weight.shape[0] + weight.shape[1]) * receptive))
+
+
+def init_spec(module: nn.Module) -> Iterator[tuple[nn.Parameter, float, float]]:
+    """(parameter, mean, std) of the reference init of `module`'s own parameters; std 0 means the constant `mean`.
+
+    Xavier-normal conv weights, conv biases 0, BatchNorm weight N(1, 0.02) and bias 0. init_weights draws
+    from it at construction and the teacher redraws D from it, so the two never disagree.
+    """
     if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
-        nn.init.xavier_normal_(module.weight)
+        yield module.weight, 0.0, xavier_std(module.weight)
         if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm1d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
+            yield module.bias, 0.0, 0.0
+    elif isinstance(module, nn.BatchNorm1d) and module.affine:
+        yield module.weight, 1.0, 0.02
+        yield module.bias, 0.0, 0.0
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module) -> None:
+    """Reference init of `module`'s own parameters (see init_spec); draws exactly as xavier_normal_ / normal_ / zeros_ do."""
+    for param, mean, std in init_spec(module):
+        if std > 0:
+            param.normal_(mean, std)
+        else:
+            param.fill_(mean)
 
 
 def _encoder_body(nc: int, nf: int) -> list[nn.Module]:

@@ -28,6 +28,7 @@ from sibeatgan.evaluate import ranked_metrics, score
 from sibeatgan.files import write_json
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
 from sibeatgan.models import Discriminator, Generator
+from sibeatgan.models.beatgan import init_spec
 from sibeatgan.errors import CheckpointError
 from sibeatgan.train.checkpoint import cpu_state, load_checkpoint, save_checkpoint, save_generator
 
@@ -62,11 +63,6 @@ class CudaGraphs:
 
     def replay(self) -> None:
         self.graph.replay()
-
-
-def _xavier_std(weight: torch.Tensor) -> float:
-    receptive = weight[0][0].numel()
-    return math.sqrt(2.0 / ((weight.shape[0] + weight.shape[1]) * receptive))
 
 
 class TeacherTrainer:
@@ -119,16 +115,13 @@ class TeacherTrainer:
         self.train_x: torch.Tensor | None = None
         self._warm = 0
         self._captured = False
-        # D's parameters with the (mean, std) of their initial draw: Xavier-normal convs, BN weight N(1, 0.02), BN bias 0
-        self._d_params: list[torch.Tensor] = []
-        self._d_mean: list[float] = []
-        self._d_std: list[float] = []
-        for m in self.D.modules():
-            for name, p in m.named_parameters(recurse=False):
-                bn = isinstance(m, torch.nn.BatchNorm1d)
-                self._d_params.append(p)
-                self._d_mean.append(1.0 if bn and name == "weight" else 0.0)
-                self._d_std.append(0.0 if name == "bias" else 0.02 if bn else _xavier_std(p))
+        # D's parameters with the (mean, std) of their initial draw, from the one spec init_weights also draws from
+        spec = [entry for m in self.D.modules() for entry in init_spec(m)]
+        if {id(p) for p, _, _ in spec} != {id(p) for p in self.D.parameters()} or len(spec) != len(list(self.D.parameters())):
+            raise RuntimeError("init_spec does not cover every parameter of the discriminator; its re-initialisation would be partial")
+        self._d_params: list[torch.Tensor] = [p for p, _, _ in spec]
+        self._d_mean: list[float] = [mean for _, mean, _ in spec]
+        self._d_std: list[float] = [std for _, _, std in spec]
         self._d_sizes = [p.numel() for p in self._d_params]
 
     def set_train_data(self, beats: torch.Tensor) -> None:
