@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,10 @@ from sibeatgan.config import TeacherConfig
 from sibeatgan.data import artifact
 from sibeatgan.data.splits import assign_folds, make_split
 from sibeatgan.device import Runtime
-from sibeatgan.errors import ConfigError, DatasetError
+from sibeatgan.errors import CheckpointError, ConfigError, DatasetError
 from sibeatgan.evaluate import ranked_metrics, score
 from sibeatgan.models import Generator
 from sibeatgan.models.beatgan import init_spec
-from sibeatgan.errors import CheckpointError
 from sibeatgan.train.checkpoint import load_checkpoint, load_generator
 from sibeatgan.train.teacher import TeacherTrainer, run_train_teacher
 
@@ -242,6 +240,44 @@ def test_outputs_describe_themselves(dataset, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def nan_scores_in_epochs(monkeypatch, bad_epochs: set[int]) -> None:
+    """Make the validation scores of the given epochs NaN, as a diverged generator's would be."""
+    from sibeatgan.train import teacher
+
+    calls = []
+
+    def scoring(*args, **kw):
+        calls.append(1)
+        out = score(*args, **kw)
+        return np.full_like(out, np.nan) if len(calls) in bad_epochs else out
+
+    monkeypatch.setattr(teacher, "score", scoring)
+
+
+@pytest.mark.parametrize("selection", ["clean", "paper"])
+def test_an_epoch_with_a_nan_criterion_is_never_selected(dataset, tmp_path, monkeypatch, caplog, selection):
+    nan_scores_in_epochs(monkeypatch, {1})
+    caplog.set_level("WARNING", logger="sibeatgan.train.teacher")
+    result = run_train_teacher(small_config(epochs=3, selection=selection), dataset, tmp_path)
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    criterion = "val_auc" if selection == "paper" else "val_normal_mse"
+    assert math.isnan(history[0][criterion]) and all(math.isfinite(h[criterion]) for h in history[1:])
+    assert result["best_epoch"] in (2, 3) and math.isfinite(result["best_metric"])
+    assert result["best_metric"] == history[result["best_epoch"] - 1][criterion]
+    assert load_generator(result["generator"])[1]["epoch"] == result["best_epoch"]
+    assert "epoch 1" in caplog.text and "not considered for selection" in caplog.text
+
+
+def test_no_finite_criterion_in_any_epoch_is_an_error(dataset, tmp_path, monkeypatch):
+    nan_scores_in_epochs(monkeypatch, {1, 2})
+    with pytest.raises(CheckpointError, match="none of the 2 epoch.*finite val_normal_mse"):
+        run_train_teacher(small_config(epochs=2), dataset, tmp_path)
+    assert not (tmp_path / "generator.pt").exists()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["best_metric"] is None
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["best_metric"] is None and len(saved["history"]) == 2
+
+
 def test_resume_refuses_a_changed_config_or_dataset(dataset, tmp_path):
     run_train_teacher(small_config(epochs=1), dataset, tmp_path)
     with pytest.raises(ConfigError, match="lambda_fm"):
@@ -272,13 +308,6 @@ def test_two_leads_and_another_length(tmp_path):
     gen, meta = load_generator(result["generator"])
     assert meta["hparams"]["nc"] == 2 and meta["hparams"]["length"] == 96
     assert gen(torch.zeros(3, 2, 96)).reconstruction.shape == (3, 2, 96)
-
-
-def test_config_fields_used_exist():
-    names = set(TeacherConfig.__dataclass_fields__)
-    assert {"nz", "ngf", "ndf", "lambda_fm", "lr", "beta1", "beta2", "batch_size", "epochs", "d_reinit_threshold", "selection", "seed",
-            "device", "amp", "cuda_graph", "eval_batch_size", "max_train_beats", "split", "fold", "val_fraction"} <= names
-    assert replace(TeacherConfig(), epochs=3).epochs == 3
 
 
 def test_files_of_another_format_are_refused(dataset, tmp_path):

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from sibeatgan.device import Runtime
+from sibeatgan.errors import CheckpointError
 from sibeatgan.evaluate import ranked_metrics, score
 from sibeatgan.files import write_json
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.beatgan import init_spec
-from sibeatgan.errors import CheckpointError
 from sibeatgan.train.checkpoint import cpu_state, load_checkpoint, save_checkpoint, save_generator
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
         trainer.load_state_dict(ckpt["trainer"])
         history, best, best_epoch = list(ckpt["history"]), ckpt["best_metric"], ckpt["best_epoch"]
         first = ckpt["epoch"] + 1
-        log.info("resuming %s at epoch %d (best %s %.6g at epoch %d)", ckpt_path, first, criterion, best, best_epoch)
+        log.info("resuming %s at epoch %d (best %s %s at epoch %d)", ckpt_path, first, criterion, best, best_epoch)
     log.info(
         "teacher: %d training beats (%d leads x %d), %d validation, %s split fold %d, selection %s, %s",
         len(train_idx), ds.leads, ds.length, len(split.val), config.split, config.fold, config.selection, rt.describe(),
@@ -330,10 +330,18 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
         started = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch()}
         scores = score(trainer.G, val_x, config.eval_batch_size, rt.device)
+        finite_scores = bool(np.isfinite(scores).all())
         row["val_normal_mse"] = float(scores[val_normal].mean())
-        row["val_auc"] = ranked_metrics(scores, ~val_normal)["auc"] if not val_normal.all() else None
+        if val_normal.all():
+            row["val_auc"] = None
+        else:  # a ranking with NaN scores in it means nothing, so such an AUC is NaN too
+            row["val_auc"] = ranked_metrics(scores, ~val_normal)["auc"] if finite_scores else math.nan
         value = row[criterion]
-        improved = best is None or (value > best if config.selection == "paper" else value < best)
+        improved = False
+        if not math.isfinite(value):
+            log.warning("epoch %d: %s is %s (the model diverged?); this epoch is not considered for selection", epoch, criterion, value)
+        else:
+            improved = best is None or (value > best if config.selection == "paper" else value < best)
         if improved:
             best, best_epoch = value, epoch
             save_generator(gen_path, trainer.G, selection=config.selection, criterion=criterion, metric=value, epoch=epoch,
@@ -345,7 +353,10 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
         write_json(metrics_path, summary())
         log.info("epoch %d: D %.4g G %.4g (rec %.4g fm %.4g) %s %.6g%s, %.1f s, %.0f beats/s", epoch, row["loss_d"], row["loss_g"],
                  row["loss_rec"], row["loss_fm"], criterion, value, " (best)" if improved else "", row["epoch_seconds"], row["beats_per_s"])
-    if not gen_path.is_file():
-        raise CheckpointError(f"{out}: no epoch was trained (epochs={config.epochs}) and no generator.pt exists")
     write_json(metrics_path, summary())
+    if not history:
+        raise CheckpointError(f"{out}: no epoch was trained (epochs={config.epochs}) and no generator.pt exists")
+    if best is None:
+        raise CheckpointError(f"{out}: none of the {len(history)} epoch(s) had a finite {criterion}, so no model was selected "
+                              f"and this run wrote no generator.pt (history in {metrics_path.name})")
     return {"generator": str(gen_path), "checkpoint": str(ckpt_path), "metrics": str(metrics_path), **{k: v for k, v in summary().items() if k != "history"}}
