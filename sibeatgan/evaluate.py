@@ -2,8 +2,8 @@
 
 A beat's score is its mean squared reconstruction error. Metrics: ROC AUC, average precision,
 best F1 with its threshold, per-class AUC (each anomalous class against N), and stratified
-bootstrap confidence intervals computed for all resamples at once. `score` and `ranked_metrics`
-need only torch and numpy (training imports them); sklearn and matplotlib load lazily.
+bootstrap confidence intervals computed for all resamples at once. Scoring and every metric need
+only torch and numpy (one implementation, ranked_metrics); sklearn and matplotlib load lazily, for plots only.
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ def score(
     device: str | torch.device | None = None,
     amp: bool = False,
 ) -> np.ndarray:
-    """Per-beat mean squared reconstruction error, (n,) float32; the generator runs in eval mode on `device`."""
+    """Per-beat mean squared reconstruction error, (n,) float32; the generator runs in eval mode on `device`.
+
+    Beats already on `device` are read in place; beats elsewhere are copied there batch by batch, so callers
+    that score a whole split (training's validation, run_evaluate) move it to the device once beforehand.
+    """
     param = next(generator.parameters())
     dev = torch.device(device) if device is not None else param.device
     if dev.type == "cuda" and dev.index is None:
@@ -129,9 +133,11 @@ def metrics(
     seed: int = 0,
     classes: tuple[str, ...] = CLASSES,
 ) -> dict[str, Any]:
-    """Metrics of anomaly scores against class labels (indices into `classes`, 0 = normal) with bootstrap CIs."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+    """Metrics of anomaly scores against class labels (indices into `classes`, 0 = normal) with bootstrap CIs.
 
+    AUC, AP, best F1 and its threshold come from ranked_metrics (numpy only, ties counted as sklearn does);
+    precision and recall are those of the rule "score >= threshold is anomalous".
+    """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     if scores.shape != labels.shape or scores.ndim != 1:
         raise ValueError(f"metrics: scores {scores.shape} and labels {labels.shape} must be 1-D of one length")
@@ -142,20 +148,19 @@ def metrics(
     positive = labels != 0
     if positive.all() or not positive.any():
         raise ValueError(f"metrics: need normal and anomalous beats, got {int((~positive).sum())} normal and {int(positive.sum())} anomalous")
-    precision, recall, thresholds = precision_recall_curve(positive, scores)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
-    best = int(np.argmax(f1))
+    ranked = ranked_metrics(scores, positive)
+    flagged = scores >= ranked["threshold"]
+    hits = int((flagged & positive).sum())
     result: dict[str, Any] = {
         "n": int(scores.shape[0]),
         "n_normal": int((~positive).sum()),
         "n_anomalous": int(positive.sum()),
-        "auc": float(roc_auc_score(positive, scores)),
-        "ap": float(average_precision_score(positive, scores)),
-        "f1": float(f1[best]),
-        "threshold": float(thresholds[best]),
-        "precision_at_f1": float(precision[best]),
-        "recall_at_f1": float(recall[best]),
+        "auc": ranked["auc"],
+        "ap": ranked["ap"],
+        "f1": ranked["f1"],
+        "threshold": ranked["threshold"],
+        "precision_at_f1": hits / int(flagged.sum()),
+        "recall_at_f1": hits / int(positive.sum()),
         "ci": ci,
         "n_bootstrap": int(n_bootstrap),
     }
@@ -170,7 +175,7 @@ def metrics(
         if index == 0 or not member.any():
             continue
         keep = normal | member
-        entry: dict[str, Any] = {"n": int(member.sum()), "auc": float(roc_auc_score(member[keep], scores[keep]))}
+        entry: dict[str, Any] = {"n": int(member.sum()), "auc": ranked_metrics(scores[keep], member[keep])["auc"]}
         if n_bootstrap > 0:
             entry["auc_ci"] = _interval(bootstrap(scores[keep], member[keep], n_bootstrap, seed + index)["auc"], ci)
         per_class[name] = entry
@@ -269,7 +274,9 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
         split = make_split(ds, split_name, fold, float(trained.get("val_fraction", 0.1)), int(trained.get("seed", 0)))
         labels = ds.labels[split.test].astype(np.int64)
-        scores = score(gen, torch.from_numpy(ds.float_beats(split.test)), config.batch_size, dev, config.amp)
+        test_x = torch.from_numpy(ds.float_beats(split.test)).to(dev)  # one copy to the device, as training does with val_x
+        scores = score(gen, test_x, config.batch_size, dev, config.amp)
+        del test_x
         m = metrics(scores, labels, config.n_bootstrap, config.ci, config.seed)
         fold_dir = out / f"fold_{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from sibeatgan.config import EvaluateConfig, TeacherConfig, to_dict
 from sibeatgan.data import artifact
@@ -71,8 +72,36 @@ def test_ranked_metrics_match_sklearn_with_ties():
     r = ranked_metrics(scores, positive)
     assert r["auc"] == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
     assert r["ap"] == pytest.approx(average_precision_score(positive, scores), abs=1e-12)
-    m = metrics(scores, positive.astype(int), n_bootstrap=0)
-    assert r["f1"] == pytest.approx(m["f1"], abs=1e-12) and r["threshold"] == pytest.approx(m["threshold"])
+    precision, recall, thresholds = precision_recall_curve(positive, scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
+    assert r["f1"] == pytest.approx(f1.max(), abs=1e-12) and r["threshold"] == thresholds[np.argmax(f1)]
+
+
+def test_metrics_match_sklearn_per_class_with_ties_and_report_the_threshold_rule():
+    rng = np.random.default_rng(8)
+    labels = rng.choice(5, size=800, p=[0.6, 0.1, 0.1, 0.1, 0.1])
+    scores = np.round(rng.normal(size=800) + 0.3 * labels, 1)  # many ties, within and across classes
+    m = metrics(scores, labels, n_bootstrap=0)
+    assert m["auc"] == pytest.approx(roc_auc_score(labels != 0, scores), abs=1e-12)
+    assert m["ap"] == pytest.approx(average_precision_score(labels != 0, scores), abs=1e-12)
+    for index, name in enumerate(("S", "V", "F", "Q"), start=1):
+        keep = (labels == 0) | (labels == index)
+        assert m["per_class"][name]["auc"] == pytest.approx(roc_auc_score(labels[keep] == index, scores[keep]), abs=1e-12), name
+    flagged = scores >= m["threshold"]
+    assert m["precision_at_f1"] == pytest.approx((labels[flagged] != 0).mean(), abs=1e-12)
+    assert m["recall_at_f1"] == pytest.approx(flagged[labels != 0].mean(), abs=1e-12)
+    p, r = m["precision_at_f1"], m["recall_at_f1"]
+    assert m["f1"] == pytest.approx(2 * p * r / (p + r), abs=1e-12)
+
+
+def test_metrics_need_numpy_only(monkeypatch):
+    """A GPU node with torch and numpy only (bench/gpu_teacher.sh) computes the full metrics; sklearn is for plots."""
+    for name in ("sklearn", "sklearn.metrics"):
+        monkeypatch.setitem(sys.modules, name, None)
+    labels = np.r_[np.zeros(40, int), np.full(10, 2)]
+    m = metrics(np.r_[np.linspace(0, 1, 40), np.linspace(0.5, 2, 10)], labels, n_bootstrap=20)
+    assert 0.5 < m["auc"] < 1 and m["per_class"]["V"]["auc"] == m["auc"] and len(m["auc_ci"]) == 2
 
 
 def test_bootstrap_is_seeded_and_centred():
@@ -126,6 +155,23 @@ def test_run_evaluate_writes_per_fold_results(dataset, tmp_path):
     assert bf16["config"]["amp"] is True
     for k in ("0", "1"):
         assert bf16["folds"][k]["auc"] == pytest.approx(saved["folds"][k]["auc"], abs=0.02)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (on the CPU every tensor is already on the device)")
+def test_run_evaluate_scores_beats_already_on_the_gpu(dataset, tmp_path, monkeypatch):
+    """The fold's test beats go to the GPU once; score() must not copy host batches to it one by one."""
+    import sibeatgan.evaluate as evaluate
+
+    seen = []
+
+    def spy(generator, beats, *args, **kw):
+        seen.append(beats.device if isinstance(beats, torch.Tensor) else "numpy")
+        return score(generator, beats, *args, **kw)
+
+    monkeypatch.setattr(evaluate, "score", spy)
+    g0 = fake_generator(tmp_path / "g0.pt", dataset, 0)
+    run_evaluate(EvaluateConfig(device="cuda", n_bootstrap=0, plots=False), dataset, g0, tmp_path / "eval")
+    assert len(seen) == 1 and seen[0].type == "cuda"
 
 
 def test_run_evaluate_refuses_leaky_or_foreign_models(dataset, tmp_path):

@@ -350,6 +350,7 @@ def test_bench_runs_with_torch_and_numpy_only(tmp_path):
     assert train[0]["mode"] == "eager" and train[0]["step_ms"] > 0 and train[0]["epoch_s_at_64681"] > 0
     assert "skipped" in train[1]  # no CUDA here
     assert {r["amp"] for r in rows if r["what"] == "score"} == {False, True}
+    assert all(r["beats_per_s"] > 0 and r["beats_per_s_with_copy"] > 0 for r in rows if r["what"] == "score")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
