@@ -400,3 +400,23 @@ def test_generator_running_statistics_move_as_in_the_reference():
     for (k, a), b in zip(tr.G.state_dict().items(), reference.state_dict().values()):
         if "running" in k:
             torch.testing.assert_close(a, b, msg=k)
+
+
+def test_gpu_script_checks_folds_and_summarizes_fold_results(tmp_path):
+    """bench/gpu_teacher.sh: FOLDS is checked before any work; SUMMARY_ONLY averages the per-fold files of several calls."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_teacher.sh"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    bad = subprocess.run(["bash", str(script)], env=env | {"FOLDS": "0,5"}, capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "FOLDS must be" in bad.stderr
+    for fold, auc in ((0, 0.90), (1, 0.94), (3, 0.92)):
+        per_class = {"S": auc - 0.1, "V": auc} if fold else {"V": auc}
+        (tmp_path / f"train_fold{fold}.json").write_text(json.dumps({"test_auc": auc, "test_ap": 0.8, "test_f1": 0.7, "per_class_auc": per_class}))
+    done = subprocess.run(["bash", str(script)], env=env | {"SUMMARY_ONLY": "1"}, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "folds.json").read_text())
+    assert summary["folds"] == [0, 1, 3] and summary["complete"] is False
+    assert summary["test_auc"]["mean"] == pytest.approx(0.92) and summary["test_auc"]["sd"] == pytest.approx(0.02)
+    assert summary["per_class_auc"]["S"]["mean"] == pytest.approx(0.83) and summary["per_class_auc"]["V"]["mean"] == pytest.approx(0.92)
