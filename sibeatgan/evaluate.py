@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from sibeatgan.data.artifact import CLASSES
-from sibeatgan.errors import DatasetError
+from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.files import atomic_open, write_json
 
 if TYPE_CHECKING:
@@ -230,11 +230,15 @@ def plot(scores: np.ndarray, labels: np.ndarray, out_dir: str | Path, title: str
     return written
 
 
-def _model_paths(models: dict[int, Path] | Path | str) -> list[tuple[int | None, Path]]:
-    if isinstance(models, dict):
-        pairs = [(int(k), Path(v)) for k, v in sorted(models.items())]
-    else:
-        pairs = [(None, Path(models))]
+def _model_paths(models: dict[int, Path] | Path | str, folds: tuple[int, ...]) -> list[tuple[int | None, Path]]:
+    """(fold, generator file) pairs; the folds asked for (if any) must be exactly the models' folds."""
+    if not isinstance(models, dict):
+        if len(folds) > 1:
+            raise ConfigError(f"EvaluateConfig.folds: {len(folds)} folds asked for but one model given; give one model per fold")
+        models = {folds[0]: models} if folds else {None: models}
+    elif folds and sorted(folds) != sorted(int(k) for k in models):
+        raise ConfigError(f"EvaluateConfig.folds: folds {list(folds)} asked for, models given for folds {sorted(models)}")
+    pairs = [(None if k is None else int(k), Path(v)) for k, v in sorted(models.items(), key=lambda kv: -1 if kv[0] is None else kv[0])]
     return [(fold, p / "generator.pt" if p.is_dir() else p) for fold, p in pairs]
 
 
@@ -257,7 +261,7 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
     content_hash = ds.content_hash()
     dev = resolve_device(config.device)
     folds: dict[str, Any] = {}
-    for fold, path in _model_paths(models):
+    for fold, path in _model_paths(models, tuple(config.folds)):
         gen, meta = load_generator(path, dev)
         trained = meta.get("config") or {}
         model_fold = int(trained.get("fold", fold if fold is not None else 0))

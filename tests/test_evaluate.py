@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from sibeatgan.config import EvaluateConfig, TeacherConfig, to_dict
 from sibeatgan.data import artifact
-from sibeatgan.errors import DatasetError
+from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.evaluate import bootstrap, metrics, ranked_metrics, run_evaluate, score
 from sibeatgan.models import Generator
 from sibeatgan.train.checkpoint import save_generator
@@ -214,3 +214,13 @@ def test_teacher_and_evaluation_on_mitdb(mitdb_dataset, tmp_path):
     assert fold["n_anomalous"] == sum(counts[c] - int(np.ceil(0.1 * counts[c])) for c in "SVFQ")
     assert set(fold["per_class"]) == {"S", "V", "F", "Q"}
     assert 0.0 <= fold["auc_ci"][0] <= fold["auc"] <= fold["auc_ci"][1] <= 1.0
+
+
+def test_run_evaluate_refuses_folds_without_their_models(dataset, tmp_path):
+    g0 = fake_generator(tmp_path / "g0.pt", dataset, 0)
+    quick = dict(n_bootstrap=0, plots=False)
+    with pytest.raises(ConfigError, match="5 folds asked for but one model given"):
+        run_evaluate(EvaluateConfig(folds=(0, 1, 2, 3, 4), **quick), dataset, g0, tmp_path / "e1")
+    with pytest.raises(ConfigError, match=r"folds \[0, 1\] asked for, models given for folds \[0\]"):
+        run_evaluate(EvaluateConfig(folds=(0, 1), **quick), dataset, {0: g0}, tmp_path / "e2")
+    assert list(run_evaluate(EvaluateConfig(folds=(0,), **quick), dataset, g0, tmp_path / "e3")["folds"]) == ["0"]

@@ -40,3 +40,12 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_json_is_strict(tmp_path):
+    import json
+
+    write_json(tmp_path / "m.json", {"auc": float("nan"), "loss": [1.5, float("inf")], "n": 3})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}")) == {"auc": None, "loss": [1.5, None], "n": 3}

@@ -8,6 +8,7 @@ from sibeatgan.models.beatgan import (
     Generator,
     GeneratorOutput,
     final_kernel,
+    init_spec,
     init_weights,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "Generator",
     "GeneratorOutput",
     "final_kernel",
+    "init_spec",
     "init_weights",
 ]
