@@ -6,7 +6,7 @@ import numpy as np
 import scipy.signal as ss
 
 from sibeatgan.data.artifact import CLASSES
-from sibeatgan.data.rpeaks import fir_taps
+from sibeatgan.data.rpeaks import filtfilt, fir_taps
 from sibeatgan.errors import ConfigError
 
 # Annotation symbols of each class. BeatGAN's grouping (its preprocess.py) puts e and j in S;
@@ -88,6 +88,6 @@ def bandpass(x: np.ndarray, fs: float, low: float, high: float, order: int, kind
     if kind == "none":
         return np.asarray(x, dtype=float)
     if kind == "fir":
-        return ss.filtfilt(fir_taps(fs, low, high, order), np.array([1]), x, axis=0)
+        return filtfilt(fir_taps(fs, low, high, order), np.array([1]), x)
     sos = ss.butter(order, [low, high], btype="bandpass", fs=fs, output="sos")
     return ss.sosfiltfilt(sos, x, axis=0)

@@ -99,20 +99,16 @@ def _process_record(job: _Job) -> dict[str, Any]:
 
     kind, low, high, order = job.band
     is_reference = kind == "fir" and (low, high) == rpeaks.REFERENCE_BAND_HZ and (order | 1) == (int(0.3 * job.fs) | 1)
-    x = signal[:, list(job.lead_cols)]
-    ref_first = None
+    filtered = beats.bandpass(signal[:, list(job.lead_cols)], job.fs, low, high, order, kind)
     if job.rpeak_check:
-        ref_rpeak = rpeaks.reference_filter(signal[:, job.rpeak_col], job.fs)
+        if is_reference and job.rpeak_col == job.lead_cols[0]:
+            for_peaks = filtered[:, 0]  # already the reference filter's output: no second pass
+        else:
+            for_peaks = rpeaks.reference_filter(signal[:, job.rpeak_col], job.fs)
         normal = fits & (labels == 0)
-        peaks = rpeaks.detect_rpeaks(ref_rpeak, job.fs, engine=job.rpeak_engine)
+        peaks = rpeaks.detect_rpeaks(for_peaks, job.fs, engine=job.rpeak_engine)
         near = beats.nearest_distance(samples[normal], peaks) < job.rpeak_tolerance
         keep[np.flatnonzero(normal)[~near]] = False
-        if job.rpeak_col == job.lead_cols[0]:
-            ref_first = ref_rpeak
-    if is_reference and ref_first is not None:
-        filtered = np.column_stack([ref_first] + [rpeaks.reference_filter(x[:, c], job.fs) for c in range(1, x.shape[1])])
-    else:
-        filtered = beats.bandpass(x, job.fs, low, high, order, kind)
 
     idx = np.flatnonzero(keep)
     windows = beats.minmax_scale(beats.cut_windows(filtered, samples[idx], job.before, job.after))
