@@ -26,7 +26,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -38,7 +38,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 @functools.cache
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask, read once (reading it means setting it, so not on every write)."""
     mask = os.umask(0)
     os.umask(mask)

@@ -427,3 +427,12 @@ def test_s3_unreachable_endpoint_fails_fast(aws_env, tmp_path):
 def test_s3_address_without_bucket(tmp_path):
     with pytest.raises(SourceError, match="s3://bucket/prefix"):
         run_ingest(IngestConfig(source="s3:///mitdb"), tmp_path / "out")
+
+
+def test_output_folder_gets_the_usual_permissions(tmp_path):
+    from sibeatgan.config import SynthConfig
+    from sibeatgan.data.synth import run_synth
+    from sibeatgan.files import process_umask
+
+    run_synth(SynthConfig(n_records=1, duration_s=20), tmp_path / "s")
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o777 & ~process_umask()

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from sibeatgan.config import IngestConfig
 from sibeatgan.errors import ConfigError, SourceError
-from sibeatgan.files import sha256_file, write_json, write_text
+from sibeatgan.files import process_umask, sha256_file, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def staged_dir(out: Path, step: str = "") -> Iterator[Path]:
     out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    os.chmod(stage, 0o777 & ~process_umask())  # mkdtemp's 0700 would become the output folder's mode
     try:
         yield stage
         write_json(stage / OUTPUT_MARKER, {
