@@ -43,6 +43,7 @@ class _Job:
     name: str
     lead_cols: tuple[int, ...]
     rpeak_col: int  # R peaks are found on MLII where the record has it, whatever the leads kept
+    signal_files: tuple[str, ...]  # from the header read in _jobs, for the manifest's checksums
     fs: int
     resample: bool
     before: int
@@ -80,7 +81,6 @@ def _process(job: _Job) -> dict[str, Any]:
 
 def _process_record(job: _Job) -> dict[str, Any]:
     source = Path(job.source)
-    header = read_header(source, job.name)
     rec = read_record(source, job.name)
     signal, samples = rec.signal, rec.ann_samples
     if rec.fs != job.fs:
@@ -112,7 +112,7 @@ def _process_record(job: _Job) -> dict[str, Any]:
 
     idx = np.flatnonzero(keep)
     windows = beats.minmax_scale(beats.cut_windows(filtered, samples[idx], job.before, job.after))
-    files = sorted({f"{job.name}.hea", f"{job.name}.atr", *header.file_names})
+    files = sorted({f"{job.name}.hea", f"{job.name}.atr", *job.signal_files})
     return {
         "name": job.name,
         "beats": artifact.quantize(windows),
@@ -163,7 +163,7 @@ def _jobs(config: PreprocessConfig, source: Path, kind: str, rpeak_engine: str) 
             raise RecordError(name, f"has {len(cols)} leads, the records before it have {n_cols}")
         n_cols = len(cols)
         jobs.append(_Job(
-            str(source), name, cols, rpeak_col, config.fs, config.on_other_fs == "resample", config.before, config.after,
+            str(source), name, cols, rpeak_col, tuple(h.file_names), config.fs, config.on_other_fs == "resample", config.before, config.after,
             (kind, config.bandpass_low_hz, config.bandpass_high_hz, config.bandpass_order),
             config.rpeak_check, config.rpeak_tolerance, config.grouping, rpeak_engine,
         ))
