@@ -17,8 +17,8 @@ from sibeatgan.errors import SibeatganError, ValidationFailed
 app = typer.Typer(
     help=(
         "SI-BeatGAN: ECG anomaly detection on MIT-BIH.\n\n"
-        "Steps, in pipeline order: synth (demo data) -> ingest -> validate -> preprocess -> "
-        "train-teacher -> evaluate. `sibeatgan demo` runs them all on synthetic data."
+        "Steps, in pipeline order: synth (demo data) -> ingest -> validate -> preprocess (writes the default split) -> "
+        "[split] -> train-teacher -> evaluate -> compare. `sibeatgan demo` runs them all on synthetic data."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -129,6 +129,25 @@ def preprocess(
     _done("preprocess", t, result, ("n_beats", "counts"))
 
 
+@app.command()
+def split(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for split.json and split.npz (default: DATASET/split)."),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the validation/test draw (default 0)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Decide every fold's train/validation/test beats once, as a versioned artifact that training and evaluation read."""
+    from sibeatgan.data.splits import run_split
+
+    t = time.perf_counter()
+    result = run_split(_config(cfg.SplitConfig, config, set_, split_seed=split_seed), dataset, out)
+    _done("split", t, result, ("split", "hash", "splits"))
+
+
+SplitPathOpt = typer.Option(None, "--split", help="Split artifact folder (default: DATASET/split, written by preprocess).")
+
+
 @app.command("train-teacher")
 def train_teacher(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
@@ -138,6 +157,7 @@ def train_teacher(
     selection: Optional[str] = typer.Option(None, help="clean (no anomaly labels, default) or paper (val AUC)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoint.pt when present."),
+    split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     progress: bool = ProgressOpt,
@@ -147,7 +167,7 @@ def train_teacher(
 
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
-    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress)
+    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path)
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
@@ -159,6 +179,7 @@ def evaluate(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for evaluation.json and plots."),
     folds: Optional[str] = typer.Option(None, help="Comma-separated folds, e.g. 0,1,2,3,4 (default: the fold each model was trained on)."),
+    split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -175,7 +196,7 @@ def evaluate(
     else:
         models = dict(zip(conf.folds, model))
     t = time.perf_counter()
-    result = run_evaluate(conf, dataset, models, out)
+    result = run_evaluate(conf, dataset, models, out, split=split_path)
     _done("evaluate", t, result, ("overall",))
 
 

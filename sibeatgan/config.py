@@ -103,12 +103,19 @@ class SynthConfig:
 
 
 @dataclass
+class SplitConfig:
+    """The split artifact: every fold's train/val/test beats, decided once by its own seed (not a training seed)."""
+
+    split_seed: int = 0
+    val_fraction: float = 0.1
+
+
+@dataclass
 class TeacherConfig:
     """BeatGAN teacher training (DESIGN.md, 'The model')."""
 
     fold: int = 0
-    split: Literal["beatgan", "interpatient"] = "beatgan"
-    val_fraction: float = 0.1
+    split: Literal["beatgan", "interpatient"] = "beatgan"  # protocol; the beats of each part come from the split artifact
     nz: int = 50
     ngf: int = 32
     ndf: int = 32
@@ -126,6 +133,62 @@ class TeacherConfig:
     cuda_graph: bool = True
     eval_batch_size: int = 4096
     max_train_beats: int | None = None  # cap for quick runs and tests
+
+
+@dataclass
+class StudentConfig:
+    """The self-distilled contrastive student (DESIGN.md, 'The model'): L_G + alpha * KD_T + beta * NT-Xent_tau."""
+
+    fold: int = 0
+    split: Literal["beatgan", "interpatient"] = "beatgan"
+    init: Literal["teacher", "scratch"] = "teacher"  # start from the teacher's generator weights, or afresh
+    nz: int = 50
+    ngf: int = 32  # width: 32 is the teacher's; 16 is the compact student (about a quarter of its FLOPs)
+    ndf: int = 32
+    lambda_fm: float = 1.0  # BeatGAN's feature-matching weight (lambda)
+    alpha: float = 1.0  # distillation weight
+    T: float = 4.0  # distillation temperature
+    kd_direction: Literal["seed", "hinton"] = "seed"  # seed: KL(s || t); hinton: KL(t || s) * T^2
+    kd_target: Literal["latent", "features"] = "latent"  # latent code, or feature maps (attention transfer)
+    beta: float = 0.1  # contrastive weight
+    tau: float = 0.2  # NT-Xent temperature
+    score: Literal["reconstruction", "discrepancy", "combined"] = "reconstruction"
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 64
+    epochs: int = 20
+    d_reinit_threshold: float = 5e-6
+    selection: Literal["clean", "paper"] = "clean"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    cuda_graph: bool = True
+    eval_batch_size: int = 4096
+    max_train_beats: int | None = None
+
+
+@dataclass
+class TuneConfig:
+    """The Optuna search over the student's lambda, T, tau (and alpha, beta, lr, init); ranges are [low, high]."""
+
+    study_name: str = "si-beatgan-student"
+    storage: str | None = None  # None: an Optuna journal file in the output folder; or postgresql://... (secret on a cluster)
+    n_trials: int = 24  # the study's trial budget (shared by every worker)
+    group_size: int = 4  # trials asked at once and trained together as one group of members
+    workers: int = 1  # worker processes on this machine, all on the one study
+    seed: int = 0  # the sampler's seed (each worker adds its index)
+    pruner_warmup_epochs: int = 2
+    heartbeat_s: float = 10.0
+    grace_s: float = 60.0  # a running trial without a heartbeat this long belongs to a dead worker: retried
+    max_retry: int = 2
+    lambda_fm: tuple[float, float] = (0.1, 10.0)
+    T: tuple[float, float] = (1.0, 8.0)
+    tau: tuple[float, float] = (0.05, 1.0)
+    alpha: tuple[float, float] = (0.1, 10.0)
+    beta: tuple[float, float] = (0.01, 1.0)
+    lr: tuple[float, float] = (3e-5, 3e-4)
+    init: tuple[str, ...] = ("teacher",)  # add "scratch" to let the search choose
 
 
 @dataclass
@@ -264,7 +327,10 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessConfig,
     "validate": ValidateConfig,
     "synth": SynthConfig,
+    "split": SplitConfig,
     "teacher": TeacherConfig,
+    "student": StudentConfig,
+    "tune": TuneConfig,
     "evaluate": EvaluateConfig,
 }
 SECTIONS_BY_CLASS: dict[type, str] = {v: k for k, v in SECTIONS.items()}
