@@ -28,7 +28,7 @@ def evaluate(
     from sibeatgan.files import write_text
     from sibeatgan.pipeline import evaluation_markdown, roc_points, step_config
 
-    conf = step_config(EvaluateConfig, config_yaml, device=device)
+    conf = step_config(EvaluateConfig, config_yaml, device=device, folds=())  # the model's own fold, whatever the file says
     result = run_evaluate(conf, Path(beats.path), Path(model.path), Path(evaluation.path))
     (fold, m), = result["folds"].items()
     for key in ("auc", "ap", "f1", "threshold", "n"):
