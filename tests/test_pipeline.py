@@ -37,8 +37,11 @@ def test_compiled_yaml_is_current(tmp_path: Path) -> None:
 def test_module_main_writes_the_yaml(tmp_path: Path) -> None:
     """`python -m pipelines.si_beatgan` (the documented command) compiles into pipelines/si_beatgan.yaml."""
     before = COMPILED.read_bytes()
-    subprocess.run([sys.executable, "-m", "pipelines.si_beatgan"], cwd=ROOT, check=True, timeout=120)
-    assert COMPILED.read_bytes() == before
+    try:
+        subprocess.run([sys.executable, "-m", "pipelines.si_beatgan"], cwd=ROOT, check=True, timeout=120)
+        assert COMPILED.read_bytes() == before
+    finally:
+        COMPILED.write_bytes(before)  # a test leaves the committed file as it found it
 
 
 def test_every_component_runs_on_the_versioned_image_without_installs() -> None:
@@ -176,3 +179,9 @@ def test_train_component_resumes_from_its_checkpoint(synth_dataset: Path, tmp_pa
     history2 = json.loads((Path(second.path) / "metrics.json").read_text())["history"]
     assert len(history2) == 2 and history2[0] == history1[0], "the second attempt resumed after epoch 1"
     assert metrics.metadata["epochs"] == 2 and second.metadata["fold"] == 0 and second.metadata["kind"] == "teacher"
+
+
+def test_library_does_not_import_kfp() -> None:
+    """sibeatgan (its CLI and sibeatgan.pipeline included) imports kfp only inside run_pipeline_local."""
+    code = "import sys, sibeatgan.cli, sibeatgan.pipeline; sys.exit('kfp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
