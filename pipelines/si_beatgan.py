@@ -5,9 +5,9 @@
 which is committed; tests/test_pipeline.py recompiles and fails on any difference.
 
 Per step, deliberately:
-- caching: on for every step; each is a pure function of its inputs and config. Ingest's input is a
-  source *name*: PhysioNet's mitdb is versioned and checksummed, but an s3:// prefix can change under
-  the same name, so submit such a run with a new `records` list or config, or with caching disabled.
+- caching: on for every step but the teacher (see there); each is a pure function of its inputs and
+  config. Ingest's input is a source *name*: PhysioNet's mitdb is versioned and checksummed, but an
+  s3:// prefix can change under the same name, so submit such a run with caching disabled.
 - retries: ingest twice (network sources), the teacher three times with backoff (GPU nodes are
   often preemptible; it resumes from its checkpoint on the PVC), none elsewhere (a failed gate or
   bad config fails the same way again).
@@ -79,7 +79,9 @@ def si_beatgan(
             beats=beats.outputs["beats"], fold=run.fold, seed=run.seed, epochs=epochs, config_yaml=config_yaml,
             device=device, checkpoint_root=checkpoint_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).after(gate_beats)
-        teacher.set_caching_options(True).set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2,
+        # Not cached: its run_id input (the key of its checkpoint folder) differs in every run, so a cache
+        # entry could never be hit; a resubmitted run trains afresh, a retried task resumes.
+        teacher.set_caching_options(False).set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2,
                                                      backoff_max_duration="600s")
         teacher.set_memory_request("16G")
         _gpu(teacher, gpu_type)
