@@ -185,3 +185,19 @@ def test_library_does_not_import_kfp() -> None:
     """sibeatgan (its CLI and sibeatgan.pipeline included) imports kfp only inside run_pipeline_local."""
     code = "import sys, sibeatgan.cli, sibeatgan.pipeline; sys.exit('kfp' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+def test_train_component_fails_loudly_without_cuda(synth_dataset: Path, tmp_path: Path) -> None:
+    """The cluster default device=cuda refuses to fall back to the CPU on a node without a GPU."""
+    import torch
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from components import train_teacher
+    from sibeatgan.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=Model(uri=str(tmp_path / "model")),
+                                  metrics=Metrics(uri=str(tmp_path / "m")), fold=0, seed=0, epochs=1, device="cuda")
+    assert not (tmp_path / "model" / "generator.pt").exists()
