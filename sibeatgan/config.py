@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import types
 import typing
+from dataclasses import dataclass  # noqa: F401 (for a config appended in dataclass style before its conversion)
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -44,7 +45,6 @@ DS2_RECORDS: tuple[str, ...] = (
 )
 
 
-
 class Section(BaseModel):
     """Base of every config: unknown keys refused, CLI strings coerced, bad values a one-line ConfigError."""
 
@@ -62,6 +62,7 @@ class Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _from_strings(cls, data: Any) -> Any:
+        """Command-line strings into what pydantic validates: `none` -> None, `a,b` -> a tuple."""
         if not isinstance(data, dict):
             return data
         fields = cls.model_fields
@@ -163,7 +164,6 @@ class EvaluateConfig(Section):
     batch_size: int = 4096
     amp: bool = False  # bf16 autocast for scoring (CUDA, or CPUs with bf16 units)
     plots: bool = True
-
 
 
 class DemoConfig(Section):
