@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,32 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config: top-level fi
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config field: key=value (repeatable).", metavar="KEY=VALUE")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
+# Output folders this command is about to create (see `_track_out`); main() removes them, if empty, after a failure.
+_fresh_outs: list[Path] = []
+
+
+def _track_out(value: Optional[Path]) -> Optional[Path]:
+    """Remember the topmost folder of --out that does not exist yet, so a failed command leaves nothing behind."""
+    if value is not None:
+        path = Path(value).expanduser().absolute()
+        if not path.exists():
+            while not path.parent.exists():
+                path = path.parent
+            _fresh_outs.append(path)
+    return value
+
+
+def OutOpt(default: Any, help: str) -> Any:  # noqa: N802 (an Option factory, named like the others)
+    return typer.Option(default, "--out", "-o", help=help, callback=_track_out)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove `path` when it holds no files (only, possibly, empty folders)."""
+    if not path.is_dir() or path.is_symlink() or any(not p.is_dir() or p.is_symlink() for p in path.rglob("*")):
+        return
+    for root, _dirs, _files in os.walk(path, topdown=False):
+        os.rmdir(root)
+
 
 def _config(cls: type, path: Optional[Path], sets: Optional[list[str]], **explicit: Any) -> Any:
     overrides: dict[str, Any] = dict(cfg.parse_overrides(sets or []))
@@ -55,7 +82,7 @@ def _main(
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the synthetic WFDB database into."),
+    out: Path = OutOpt(..., help="Folder to write the synthetic WFDB database into."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     seed: Optional[int] = typer.Option(None, help="Random seed."),
@@ -71,7 +98,7 @@ def synth(
 @app.command()
 def ingest(
     source: str = typer.Option(..., "--source", help="'physionet', a local folder of WFDB files, or s3://bucket/prefix."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to copy the records into."),
+    out: Path = OutOpt(..., help="Folder to copy the records into."),
     records: Optional[str] = typer.Option(None, help="Comma-separated record names (default: all)."),
     s3_endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (MinIO, moto); default: AWS."),
     config: Optional[Path] = ConfigOpt,
@@ -89,7 +116,7 @@ def ingest(
 
 @app.command()
 def validate(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for validation.json and validation.html."),
+    out: Path = OutOpt(..., help="Folder for validation.json and validation.html."),
     raw: Optional[Path] = typer.Option(None, help="WFDB folder to validate at record level."),
     dataset: Optional[Path] = typer.Option(None, help="Beat dataset (from preprocess) to validate at beat level."),
     records: Optional[str] = typer.Option(
@@ -112,7 +139,7 @@ def validate(
 @app.command()
 def preprocess(
     source: Path = typer.Option(..., "--source", help="Folder of WFDB records (from ingest or synth)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for beats.npz and manifest.json."),
+    out: Path = OutOpt(..., help="Folder for beats.npz and manifest.json."),
     records: Optional[str] = typer.Option(None, help="Comma-separated records (default: the 44 without paced beats)."),
     leads: Optional[str] = typer.Option(None, help="Lead names, e.g. MLII or MLII,V1, or 'all'."),
     grouping: Optional[str] = typer.Option(None, help="Class grouping: beatgan (default) or aami."),
@@ -151,7 +178,7 @@ SplitPathOpt = typer.Option(None, "--split", help="Split artifact folder (defaul
 @app.command("train-teacher")
 def train_teacher(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for checkpoint.pt, generator.pt and metrics.json."),
+    out: Path = OutOpt(..., help="Folder for checkpoint.pt, generator.pt and metrics.json."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default 100)."),
     fold: Optional[int] = typer.Option(None, help="BeatGAN fold 0..4."),
     selection: Optional[str] = typer.Option(None, help="clean (no anomaly labels, default) or paper (val AUC)."),
@@ -177,7 +204,7 @@ def evaluate(
     model: list[Path] = typer.Option(
         ..., "--model", "-m", help="Training output folder (or generator.pt); with --folds, one per fold in that order."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for evaluation.json and plots."),
+    out: Path = OutOpt(..., help="Folder for evaluation.json and plots."),
     folds: Optional[str] = typer.Option(None, help="Comma-separated folds, e.g. 0,1,2,3,4 (default: the fold each model was trained on)."),
     split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
@@ -202,29 +229,46 @@ def evaluate(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for every step's output."),
-    epochs: int = typer.Option(10, help="Teacher epochs (small: this is a smoke run of the whole chain)."),
+    out: Path = OutOpt(Path("runs/demo"), help="Folder for every step's output."),
+    epochs: Optional[int] = typer.Option(None, help="Teacher epochs (default 10: this is a smoke run of the whole chain)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
     progress: bool = ProgressOpt,
 ) -> None:
-    """Run the whole local chain on synthetic data: synth, ingest, validate, preprocess, train-teacher, evaluate."""
+    """Run the whole local chain on synthetic data: synth, ingest, validate, preprocess, train-teacher, evaluate.
+
+    The synthetic data is the nested section `synth`: e.g. `--set synth.n_records=3 --set synth.seed=1`.
+    """
     from sibeatgan.demo import run_demo
 
+    conf = _config(cfg.DemoConfig, config, set_, epochs=epochs)
     t = time.perf_counter()
-    result = run_demo(out, epochs=epochs, progress=progress)
+    result = run_demo(out, epochs=conf.epochs, progress=progress, synth=conf.synth)
     _done("demo", t, result, ("auc",))
     typer.echo(f"demo outputs in {out}: {json.dumps(result)}")
 
 
 def main() -> None:
-    """Entry point: clear one-line errors for bad input instead of tracebacks."""
+    """Entry point: clear one-line errors for bad input instead of tracebacks; a failed command
+    removes the --out folder it created if nothing was written into it."""
+    _fresh_outs.clear()
+    failed = True
     try:
         app()
+        failed = False
+    except SystemExit as err:
+        failed = err.code not in (0, None)
+        raise
     except ValidationFailed as err:
         typer.echo(f"validation failed:\n{err.summary}", err=True)
         sys.exit(1)
     except SibeatganError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    finally:
+        if failed:
+            for path in _fresh_outs:
+                _remove_if_empty(path)
 
 
 if __name__ == "__main__":

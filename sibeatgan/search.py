@@ -16,8 +16,6 @@ Re-running the command resumes the study up to its trial budget.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import threading
@@ -25,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from sibeatgan.config import replace, to_dict
 from sibeatgan.errors import ConfigError, SibeatganError
 from sibeatgan.train.loop import Callback, Control
 
@@ -54,7 +53,7 @@ def suggest(trial: optuna.trial.BaseTrial, tune: TuneConfig, base: StudentConfig
     elif tune.init:
         values["init"] = tune.init[0]
     values["seed"] = base.seed + trial.number  # every member its own seed and data order
-    return dataclasses.replace(base, **values)
+    return replace(base, **values)
 
 
 def storage_for(tune: TuneConfig, out: Path) -> Any:
@@ -213,7 +212,7 @@ def tune_worker(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
             heartbeat.beat()
             configs = [suggest(t, tune, base) for t in trials]
             for t, c in zip(trials, configs):
-                t.set_user_attr("config", dataclasses.asdict(c))
+                t.set_user_attr("config", to_dict(c))
                 t.set_user_attr("worker", worker)
             group_out = out / "trials" / "-".join(str(t.number) for t in trials)
             log.info("worker %d: trials %s as one group of %d", worker, [t.number for t in trials], len(trials))
@@ -255,9 +254,9 @@ def write_outputs(tune: TuneConfig, base: StudentConfig, out: Path) -> dict[str,
     if not complete:
         raise SibeatganError(f"study {tune.study_name!r} has no complete trial ({counts}); nothing to choose from")
     best = study.best_trial
-    best_config = dataclasses.replace(base, **{k: v for k, v in best.user_attrs["config"].items() if k in {f.name for f in dataclasses.fields(base)}})
+    best_config = replace(base, **{k: v for k, v in best.user_attrs["config"].items() if k in type(base).model_fields})
     summary = {
-        "student": dataclasses.asdict(best_config), "trial": best.number, "value": best.value,
+        "student": to_dict(best_config), "trial": best.number, "value": best.value,
         "criterion": study.user_attrs.get("criterion"), "selection": study.user_attrs.get("selection"),
         "generator": best.user_attrs.get("generator"), "params": best.params, "trials": counts, "study": tune.study_name,
     }

@@ -60,7 +60,7 @@ class GroupTrainer:
         data = FitData(torch.from_numpy(ds.float_beats(part.train[:192])), torch.from_numpy(ds.float_beats(part.val)),
                        ds.labels[part.val], ds.content_hash(), split.hash, "beatgan", 0)
         trainers = [TeacherTrainer(1, 64, Runtime(torch.device("cpu")), ngf=4, ndf=4, nz=4, batch_size=32, seed=c.seed,
-                                   lambda_fm=c.lambda_fm, lr=1e3 if (self.nan_first and k == 0) else c.lr)
+                                   lambda_fm=c.lambda_fm, lr=math.nan if (self.nan_first and k == 0) else c.lr)
                     for k, c in enumerate(configs)]
         slow = [Pause(self.pause_s)] if self.pause_s else []
         settings = FitSettings(epochs=configs[0].epochs, eval_batch_size=256, kind="student", member_configs=[{"seed": c.seed} for c in configs])

@@ -12,7 +12,7 @@ import torch
 
 from sibeatgan.config import TeacherConfig
 from sibeatgan.data import artifact
-from sibeatgan.data.splits import assign_folds, build_splits, default_split_dir, load_split, make_split, save_split
+from sibeatgan.data.splits import load_split, make_split
 from sibeatgan.device import Runtime
 from sibeatgan.errors import CheckpointError, ConfigError, DatasetError
 from sibeatgan.evaluate import ranked_metrics, score
@@ -20,6 +20,7 @@ from sibeatgan.models import Generator
 from sibeatgan.models.beatgan import init_spec
 from sibeatgan.train.checkpoint import load_checkpoint, load_generator
 from sibeatgan.train.teacher import TeacherTrainer, run_train_teacher
+from tests import conftest
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -58,19 +59,9 @@ def synthetic_dataset(out: Path, n_normal: int = 1500, n_per_class: int = 60, le
     """A BeatDataset folder of synthetic beats with BeatGAN folds and its default split artifact, as preprocess writes them."""
     labels = np.concatenate([np.zeros(n_normal, np.uint8)] + [np.full(n_per_class, c, np.uint8) for c in range(1, 5)])
     labels = labels[np.random.default_rng(seed).permutation(labels.shape[0])]
-    n = labels.shape[0]
-    ds = artifact.BeatDataset(
-        beats=artifact.quantize(synthetic_beats(labels, length, nc, seed)),
-        labels=labels,
-        symbols=np.frombuffer(b"NSVFQ", np.uint8)[labels],
-        records=np.full(n, 100, np.int16),
-        samples=np.arange(n, dtype=np.int64) * 300,
-        folds=assign_folds(labels, 5, seed),
-        meta={"source": "test_teacher synthetic"},
-    )
-    artifact.save(ds, out)
-    save_split(build_splits(ds), default_split_dir(out))
-    return out
+    ds = conftest.make_dataset(labels, synthetic_beats(labels, length, nc, seed), records=("100",), seed=seed,
+                               meta={"source": "test_teacher synthetic"})
+    return conftest.save_dataset(ds, out)
 
 
 @pytest.fixture(scope="module")
