@@ -198,6 +198,65 @@ def train_teacher(
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
+TeacherOpt = typer.Option(..., "--teacher", "-t", help="The teacher: its training folder or generator.pt (same dataset, split and fold).")
+
+
+@app.command("train-student")
+def train_student(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
+    teacher: Path = TeacherOpt,
+    out: Path = OutOpt(..., help="Folder for checkpoint.pt, generator.pt and metrics.json."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default 20)."),
+    fold: Optional[int] = typer.Option(None, help="BeatGAN fold 0..4 (the teacher's)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoint.pt when present."),
+    split_path: Optional[Path] = SplitPathOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Distil the self-improving student from a frozen teacher: L_G + alpha KD_T + beta NT-Xent_tau (`--config best.json` from tune)."""
+    from sibeatgan.train.distill import run_train_student
+
+    t = time.perf_counter()
+    conf = _config(cfg.StudentConfig, config, set_, epochs=epochs, fold=fold, device=device)
+    result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path)
+    _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
+
+
+@app.command()
+def tune(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
+    teacher: Path = TeacherOpt,
+    out: Path = OutOpt(..., help="Folder for the study journal, trials, best.json, trials.csv and plots."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="The study's trial budget (default 24)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes on the one study (default 1)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="Trials trained at once as members of one run (default 4)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage: a *.journal file or a database URL (default: OUT/study.journal)."),
+    split_path: Optional[Path] = SplitPathOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Search the student's lambda, T, tau (and alpha, beta, lr) with Optuna; live view: `optuna-dashboard OUT/study.journal`.
+
+    --config takes a file with `tune:` and `student:` sections; --set takes tune.* and student.* keys."""
+    from sibeatgan.train.distill import run_tune
+
+    sets = cfg.parse_overrides(set_ or [])
+    unknown = sorted(k for k in sets if k.split(".", 1)[0] not in ("tune", "student"))
+    if unknown:
+        raise typer.BadParameter(f"--set {', '.join(unknown)}: prefix each key with tune. or student.")
+    tune_sets = [f"{k.split('.', 1)[1]}={v}" for k, v in sets.items() if k.startswith("tune.")]
+    student_sets = [f"{k.split('.', 1)[1]}={v}" for k, v in sets.items() if k.startswith("student.")]
+    tune_conf = _config(cfg.TuneConfig, config, tune_sets, n_trials=trials, workers=workers, group_size=group_size, storage=storage)
+    student_conf = _config(cfg.StudentConfig, config, student_sets)
+    t = time.perf_counter()
+    result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path)
+    _done("tune", t, result, ("trial", "value", "criterion", "params", "trials"))
+    typer.echo(f"best trial {result['trial']}: {result['criterion']} {result['value']:.6g} {json.dumps(result['params'])}; "
+               f"train it with: sibeatgan train-student --config {Path(out) / 'best.json'} ...")
+
+
 @app.command()
 def evaluate(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder."),
@@ -271,9 +330,6 @@ def main() -> None:
                 _remove_if_empty(path)
 
 
-if __name__ == "__main__":
-    main()
-
 
 # --- kfp helper: `sibeatgan pipeline run` (the Kubeflow pipeline on kfp's local runner) ---
 pipeline_app = typer.Typer(help="The Kubeflow pipeline (pipelines/si_beatgan.py) run on this machine.", no_args_is_help=True)
@@ -309,3 +365,7 @@ def pipeline_run(
     for r in result["runs"]:
         typer.echo(f"fold {r['fold']} seed {r['seed']}: test AUC {r['auc']:.4f}  AP {r['ap']:.4f}  F1 {r['f1']:.4f}  ({r['n']} beats)")
     typer.echo(f"artifacts in {result['out']}/kfp, summary in {result['out']}/summary.json")
+
+
+if __name__ == "__main__":
+    main()

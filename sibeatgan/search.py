@@ -241,7 +241,8 @@ def tune_worker(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
 
 
 def write_outputs(tune: TuneConfig, base: StudentConfig, out: Path) -> dict[str, Any]:
-    """best.json (a config file `train-student --config` reads), trials.csv, and the plots a person looks at."""
+    """best.json (the best trial's student config, a file `train-student --config` reads), summary.json (the best
+    trial, its value and criterion, trial counts), trials.csv, and the plots a person looks at."""
     import optuna
     from optuna.trial import TrialState
 
@@ -260,7 +261,8 @@ def write_outputs(tune: TuneConfig, base: StudentConfig, out: Path) -> dict[str,
         "criterion": study.user_attrs.get("criterion"), "selection": study.user_attrs.get("selection"),
         "generator": best.user_attrs.get("generator"), "params": best.params, "trials": counts, "study": tune.study_name,
     }
-    write_json(out / "best.json", summary)
+    write_json(out / "best.json", {"student": summary["student"]})
+    write_json(out / "summary.json", summary)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
     frame = frame[[c for c in frame.columns if c not in ("user_attrs_config", f"user_attrs_{HEARTBEAT}")]]
     with atomic_open(out / "trials.csv", "w") as fh:

@@ -60,8 +60,11 @@ class GroupTrainer:
         data = FitData(torch.from_numpy(ds.float_beats(part.train[:192])), torch.from_numpy(ds.float_beats(part.val)),
                        ds.labels[part.val], ds.content_hash(), split.hash, "beatgan", 0)
         trainers = [TeacherTrainer(1, 64, Runtime(torch.device("cpu")), ngf=4, ndf=4, nz=4, batch_size=32, seed=c.seed,
-                                   lambda_fm=c.lambda_fm, lr=math.nan if (self.nan_first and k == 0) else c.lr)
-                    for k, c in enumerate(configs)]
+                                   lambda_fm=c.lambda_fm, lr=c.lr)
+                    for c in configs]
+        if self.nan_first and len(configs) > 1:  # member 0 diverged: NaN weights, so NaN scores and a NaN criterion
+            with torch.no_grad():
+                trainers[0].G.encoder.main[0].weight.fill_(math.nan)
         slow = [Pause(self.pause_s)] if self.pause_s else []
         settings = FitSettings(epochs=configs[0].epochs, eval_batch_size=256, kind="student", member_configs=[{"seed": c.seed} for c in configs])
         return member_results(fit(SequentialMembers(trainers), data, out, settings, [*callbacks, *slow]))
@@ -98,10 +101,14 @@ def test_a_study_resumes_to_its_budget_and_writes_its_outputs(dataset, tmp_path)
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert all(len(t.intermediate_values) == 2 for t in study.trials)  # reported every epoch
     summary = write_outputs(tiny_tune(n_trials=4), BASE, tmp_path)
-    best = json.loads((tmp_path / "best.json").read_text())
+    best = json.loads((tmp_path / "summary.json").read_text())
     assert best["value"] == min(t.value for t in study.trials) and best["criterion"] == "val_normal_mse"
     assert best["student"]["lambda_fm"] == study.best_trial.params["lambda_fm"]
     assert Path(best["generator"]).is_file()
+    from sibeatgan.config import load_config
+
+    loaded = load_config(StudentConfig, tmp_path / "best.json")  # what train-student --config reads
+    assert loaded.lambda_fm == best["student"]["lambda_fm"] and loaded.seed == study.best_trial.number
     assert (tmp_path / "trials.csv").read_text().count("\n") == 5
     assert any(p.endswith("history.png") for p in summary["plots"])
 

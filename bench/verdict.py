@@ -1,0 +1,98 @@
+"""Teacher vs self-improving student on one fold, judged by the paired record-level comparison.
+
+teacher (fold F, `--selection`) -> a small Optuna search of the student (groups of batched members, the
+validation criterion only) -> the best config trained with `--seeds`, next to a control with the same
+init, epochs and seeds but no distillation and no contrastive term (alpha = beta = 0: the teacher simply
+trained on, which DESIGN.md warns moves AUC by +-0.02 on its own) -> every model scored on the same test
+beats -> paired comparisons: student vs teacher, student vs control, per seed and pooled.
+
+    python bench/verdict.py DATASET OUT --device cuda --teacher-epochs 30 --trials 8 --group-size 8 ...
+
+Writes OUT/verdict.json (and prints it); every step's own outputs stay in OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dataset", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--selection", default="paper", choices=("clean", "paper"))
+    p.add_argument("--teacher-epochs", type=int, default=30)
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--tune-epochs", type=int, default=8)
+    p.add_argument("--final-epochs", type=int, default=10)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--max-train-beats", type=int, default=None)
+    p.add_argument("--n-bootstrap", type=int, default=1000)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    from sibeatgan.compare import run_compare
+    from sibeatgan.config import EvaluateConfig, StudentConfig, TeacherConfig, TuneConfig, replace
+    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.train.distill import run_tune, train_student_group
+    from sibeatgan.train.teacher import run_train_teacher
+
+    out, ds = args.out, args.dataset
+    seeds = [int(s) for s in args.seeds.split(",")]
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    teacher = run_train_teacher(TeacherConfig(fold=args.fold, selection=args.selection, epochs=args.teacher_epochs, device=args.device,
+                                              max_train_beats=args.max_train_beats), ds, out / "teacher")
+    timings["teacher_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    base = StudentConfig(fold=args.fold, selection=args.selection, epochs=args.tune_epochs, device=args.device,
+                         max_train_beats=args.max_train_beats)
+    tuned = run_tune(TuneConfig(n_trials=args.trials, group_size=args.group_size, heartbeat_s=30, grace_s=600), base, ds,
+                     out / "teacher", out / "tune")
+    timings["tune_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    best = replace(StudentConfig(**tuned["student"]), epochs=args.final_epochs)
+    members = [replace(best, seed=s) for s in seeds] + [replace(best, seed=s, alpha=0.0, beta=0.0) for s in seeds]
+    results = train_student_group(members, ds, out / "teacher", out / "final")
+    timings["final_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    econf = EvaluateConfig(device=args.device, n_bootstrap=args.n_bootstrap, plots=False)
+    evals = {"teacher": out / "eval" / "teacher"}
+    run_evaluate(econf, ds, Path(teacher["generator"]), evals["teacher"])
+    for k, r in enumerate(results):
+        name = f"student_s{seeds[k]}" if k < len(seeds) else f"control_s{seeds[k - len(seeds)]}"
+        evals[name] = out / "eval" / name
+        run_evaluate(econf, ds, Path(r["generator"]), evals[name])
+    timings["evaluate_s"] = time.perf_counter() - t
+
+    cconf = EvaluateConfig(n_bootstrap=args.n_bootstrap)
+    students = [evals[f"student_s{s}"] for s in seeds]
+    controls = [evals[f"control_s{s}"] for s in seeds]
+    verdict = {
+        "fold": args.fold, "selection": args.selection, "seeds": seeds, "args": {k: str(v) for k, v in vars(args).items()},
+        "teacher": {"generator": teacher["generator"], "best_epoch": teacher["best_epoch"]},
+        "search": {k: tuned[k] for k in ("trial", "value", "criterion", "params", "trials")},
+        "student_vs_teacher": run_compare(cconf, ds, [evals["teacher"]] * len(seeds), students, out / "compare" / "student_vs_teacher"),
+        "student_vs_control": run_compare(cconf, ds, controls, students, out / "compare" / "student_vs_control"),
+        "control_vs_teacher": run_compare(cconf, ds, [evals["teacher"]] * len(seeds), controls, out / "compare" / "control_vs_teacher"),
+        "timings": timings,
+    }
+    (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str) + "\n")
+    print(json.dumps(verdict, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

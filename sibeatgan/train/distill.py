@@ -1,0 +1,134 @@
+"""The student's steps: `train-student` (one student, or K at once) and `tune` (the Optuna search), on the one loop.
+
+A student is distilled from a teacher trained on the same dataset, split and fold (it is refused
+otherwise: a teacher of another fold has seen this fold's test beats). Its data, selection and
+checkpoints are the loop's (sibeatgan.train.loop.fit); what it trains is StudentTrainer, or
+BatchedStudentTrainer for a group of members with their own hyperparameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from sibeatgan.config import StudentConfig, TuneConfig
+
+log = logging.getLogger(__name__)
+
+# Fields a group's members may differ in; the rest is shared by the whole group (one data set, one step shape).
+MEMBER_FIELDS = ("init", "lambda_fm", "alpha", "beta", "T", "tau", "lr", "seed")
+RESUMABLE_CHANGES = ("epochs", "device", "amp", "cuda_graph", "eval_batch_size")
+
+
+def _teacher_path(teacher: str | Path) -> Path:
+    path = Path(teacher)
+    return path / "generator.pt" if path.is_dir() else path
+
+
+def _prepare(config: StudentConfig, dataset: Path, teacher: Path, split: Path | None):
+    """Dataset, split, fit data and the frozen teacher, with the checks that keep a student honest."""
+    from sibeatgan.data.artifact import load
+    from sibeatgan.data.splits import resolve_split
+    from sibeatgan.device import select
+    from sibeatgan.errors import DatasetError
+    from sibeatgan.modelio import load_generator
+    from sibeatgan.train.loop import FitData
+    from sibeatgan.train.teacher import _select_train
+
+    ds = load(dataset)
+    content_hash = ds.content_hash()
+    split_set = resolve_split(dataset, split, content_hash)
+    rt = select(config.device, config.amp, config.cuda_graph)
+    tpath = _teacher_path(teacher)
+    teacher_g, meta = load_generator(tpath, rt.device)
+    if meta.get("dataset_hash") != content_hash:
+        raise DatasetError(f"{tpath}: the teacher was trained on dataset {str(meta.get('dataset_hash'))[:12]}, not on {dataset} ({content_hash[:12]})")
+    if meta.get("split_hash") != split_set.hash:
+        raise DatasetError(f"{tpath}: the teacher was trained on split {str(meta.get('split_hash'))[:12]}, not on {split_set.hash[:12]}")
+    t_protocol, t_fold = meta.get("protocol", (meta.get("config") or {}).get("split")), meta.get("fold", (meta.get("config") or {}).get("fold"))
+    if t_protocol != config.split or (config.split == "beatgan" and t_fold != config.fold):
+        raise DatasetError(f"{tpath}: the teacher is of the {t_protocol!r} split fold {t_fold}, the student asks for {config.split!r} fold "
+                           f"{config.fold}; a teacher of another fold has trained on this fold's test beats")
+    part = split_set.fold(config.split, config.fold)
+    train_idx = _select_train(part.train, config.max_train_beats, config.seed)
+    val_labels = ds.labels[part.val]
+    if config.selection == "paper" and (val_labels == 0).all():
+        raise DatasetError(f"{dataset}: selection='paper' needs labelled anomalies in the validation split; it has none")
+    if len(train_idx) < config.batch_size:
+        raise DatasetError(f"{dataset}: {len(train_idx)} training beats, fewer than one batch of {config.batch_size}")
+    data = FitData(torch.from_numpy(ds.float_beats(train_idx)), torch.from_numpy(ds.float_beats(part.val)), val_labels,
+                   content_hash, split_set.hash, config.split, config.fold)
+    return data, teacher_g, rt, str(tpath)
+
+
+def _settings(config: StudentConfig, resume: bool, progress: bool, member_configs: list[dict[str, Any]] | None = None, teacher: str = ""):
+    from sibeatgan.config import to_dict
+    from sibeatgan.train.loop import FitSettings
+
+    return FitSettings(epochs=config.epochs, selection=config.selection, eval_batch_size=config.eval_batch_size, kind="student",
+                       config={**to_dict(config), "teacher": teacher}, resumable_changes=RESUMABLE_CHANGES, resume=resume,
+                       progress=progress, threshold_rule="f1" if config.selection == "paper" else "far", member_configs=member_configs)
+
+
+def _common(config: StudentConfig) -> dict[str, Any]:
+    return dict(ngf=config.ngf, ndf=config.ndf, kd=config.kd_target, kd_direction=config.kd_direction, betas=(config.beta1, config.beta2),
+                batch_size=config.batch_size)
+
+
+def run_train_student(config: StudentConfig, dataset: Path, teacher: Path, out: Path, resume: bool = True, progress: bool = False,
+                      split: Path | None = None, callbacks: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Distil one student from `teacher` (a generator file or training folder); outputs as run_train_teacher's."""
+    from sibeatgan.train.loop import fit
+    from sibeatgan.train.student import StudentTrainer
+
+    data, teacher_g, rt, tpath = _prepare(config, Path(dataset), Path(teacher), split)
+    trainer = StudentTrainer(teacher_g, rt, init=config.init, lambda_fm=config.lambda_fm, alpha=config.alpha, beta=config.beta, T=config.T,
+                             tau=config.tau, lr=config.lr, seed=config.seed, **_common(config))
+    log.info("student: %d training beats, %d validation, %s fold %d, teacher %s, init %s, ngf %d, %s", data.train_x.shape[0],
+             data.val_x.shape[0], config.split, config.fold, tpath, config.init, config.ngf, rt.describe())
+    return fit(trainer, data, Path(out), _settings(config, resume, progress, teacher=tpath), callbacks, runtime=rt.describe())
+
+
+def train_student_group(configs: list[StudentConfig], dataset: Path, teacher: Path, out: Path, callbacks: list[Any] | tuple[Any, ...] = (),
+                        split: Path | None = None, resume: bool = True, progress: bool = False) -> list[dict[str, Any]]:
+    """K students at once (BatchedStudentTrainer), each with its own MEMBER_FIELDS; one result per member."""
+    from sibeatgan.config import replace, to_dict
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.search import member_results
+    from sibeatgan.train.loop import fit
+    from sibeatgan.train.student import BatchedStudentTrainer
+
+    base = configs[0]
+    shared = {k: v for k, v in to_dict(base).items() if k not in MEMBER_FIELDS}
+    for c in configs[1:]:
+        differ = sorted(k for k, v in to_dict(c).items() if k not in MEMBER_FIELDS and shared[k] != v)
+        if differ:
+            raise ConfigError(f"members of one group must share {', '.join(differ)}; only {', '.join(MEMBER_FIELDS)} may differ")
+    data, teacher_g, rt, tpath = _prepare(base, Path(dataset), Path(teacher), split)
+    per = {name: [getattr(c, name) for c in configs] for name in MEMBER_FIELDS}
+    trainer = BatchedStudentTrainer(teacher_g, rt, len(configs), **per, **_common(base))
+    member_configs = [{name: per[name][k] for name in MEMBER_FIELDS} for k in range(len(configs))]
+    settings = _settings(replace(base, **{n: per[n][0] for n in MEMBER_FIELDS}), resume, progress, member_configs, tpath)
+    return member_results(fit(trainer, data, Path(out), settings, callbacks, runtime=rt.describe()))
+
+
+class StudentGroup:
+    """The search's `train_group`: picklable, so spawned worker processes can take it."""
+
+    def __init__(self, dataset: Path, teacher: Path, split: Path | None = None):
+        self.dataset, self.teacher, self.split = Path(dataset), Path(teacher), split
+
+    def __call__(self, configs: list[StudentConfig], out: Path, callbacks: list[Any]) -> list[dict[str, Any]]:
+        return train_student_group(configs, self.dataset, self.teacher, out, callbacks, self.split)
+
+
+def run_tune(tune: TuneConfig, student: StudentConfig, dataset: Path, teacher: Path, out: Path, split: Path | None = None) -> dict[str, Any]:
+    """`sibeatgan tune`: the study over lambda, T, tau (and alpha, beta, lr, init), `tune.workers` processes on one storage."""
+    from sibeatgan.search import run_workers
+
+    _prepare(student, Path(dataset), Path(teacher), split)  # refuse a wrong teacher or split before any worker starts
+    return run_workers(tune, student, Path(out), StudentGroup(dataset, teacher, split))
