@@ -35,7 +35,7 @@ def tracking_uri(config: Any, out_root: str | Path) -> str:
     return uri or f"sqlite:///{Path(out_root).resolve() / 'mlruns.db'}"
 
 
-def client_env(http_timeout_s: float = 5, http_retries: int = 1) -> None:
+def client_env(http_timeout_s: float = 15, http_retries: int = 1) -> None:
     """Telemetry off and short HTTP timeouts/retries (unless the user set them): a step learns in seconds that the
     server is away, and our own retries (with the journal) take over from MLflow's minutes of backoff."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -94,7 +94,7 @@ class Tracker:
 
     def __init__(self, local_dir: str | Path, uri: str, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
                  tags: dict[str, str] | None = None, parent_run_id: str | None = None, retries: int = 3,
-                 backoff_s: float = 1.0, http_timeout_s: float = 5.0, artifact_location: str | None = None) -> None:
+                 backoff_s: float = 1.0, http_timeout_s: float = 15.0, artifact_location: str | None = None) -> None:
         self.dir = Path(local_dir)
         self.uri, self.experiment, self.run_name = uri, experiment, run_name
         self.retries, self.backoff_s, self.http_timeout_s = retries, backoff_s, http_timeout_s
@@ -217,7 +217,8 @@ class Tracker:
         if location is None and self.uri.startswith("sqlite:///"):
             location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
         try:
-            return c.create_experiment(self.experiment, artifact_location=location)
+            # the UI then opens it on its runs (model training), not on the GenAI traces overview
+            return c.create_experiment(self.experiment, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # noqa: BLE001 - created meanwhile by another process
             exp = c.get_experiment_by_name(self.experiment)
             if exp is None:

@@ -290,9 +290,9 @@ def small_teacher(synth_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     from sibeatgan.train.teacher import run_train_teacher
 
     root = tmp_path_factory.mktemp("small_teacher")
-    conf = TeacherConfig(epochs=2, max_train_beats=1024, ngf=8, ndf=8, device="cpu", cuda_graph=False, eval_batch_size=1024)
+    conf = TeacherConfig(epochs=2, max_train_beats=512, ngf=8, ndf=8, device="cpu", cuda_graph=False, eval_batch_size=1024)
     run_train_teacher(conf, synth_dataset, root / "train")
-    run_evaluate(EvaluateConfig(n_bootstrap=100, device="cpu", batch_size=1024), synth_dataset, root / "train", root / "eval")
+    run_evaluate(EvaluateConfig(n_bootstrap=50, device="cpu", batch_size=1024), synth_dataset, root / "train", root / "eval")
     return {"dataset": synth_dataset, "train": root / "train", "generator": root / "train" / "generator.pt", "eval": root / "eval"}
 
 
@@ -311,5 +311,5 @@ def untrained_teacher(small_teacher: dict[str, Path], tmp_path_factory: pytest.T
     torch.manual_seed(1)
     fresh = Generator(**meta["hparams"])
     save_generator(root / "generator.pt", fresh, **{k: v for k, v in meta.items() if k != "hparams"})
-    run_evaluate(EvaluateConfig(n_bootstrap=100, device="cpu", batch_size=1024), small_teacher["dataset"], root / "generator.pt", root / "eval")
+    run_evaluate(EvaluateConfig(n_bootstrap=50, device="cpu", batch_size=1024), small_teacher["dataset"], root / "generator.pt", root / "eval")
     return {"dataset": small_teacher["dataset"], "generator": root / "generator.pt", "eval": root / "eval"}
