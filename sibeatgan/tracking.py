@@ -154,7 +154,8 @@ class Tracker:
 
     # -- what a step logs ------------------------------------------------------------------------------------
     def log_params(self, params: Any) -> None:
-        self._append({"op": "params", "data": flatten(params) if not isinstance(params, dict) else flatten(params)})
+        """A typed config or a (nested) dict, flattened to `a.b` keys."""
+        self._append({"op": "params", "data": flatten(params)})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._append({"op": "tags", "data": {k: str(v) for k, v in tags.items()}})
