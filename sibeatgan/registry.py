@@ -174,6 +174,8 @@ def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, 
     tracker.log_artifact(evaluation / "evaluation.json", "evaluation")
     for png in sorted((evaluation / f"fold_{key}").glob("*.png")):
         tracker.log_artifact(png, "plots")
+    gen, _ = load_generator(generator, "cpu")
+    tracker.log_artifact(tracking.plot_reconstructions(gen, ds.float_beats(index), labels, scores, out / "reconstructions.png"), "plots")
     tracker.log_artifact(dataset / "manifest.json", "dataset")
     if validation is not None:
         for f in sorted(Path(validation).parent.glob("validation.*")):

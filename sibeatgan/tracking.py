@@ -363,3 +363,43 @@ def log_training(tracker: Tracker, out: str | Path) -> None:
     tracker.set_tags({k: summary[k] for k in ("criterion", "selection", "runtime") if summary.get(k) is not None})
     tracker.log_artifact(out / "metrics.json")
     tracker.flush()
+
+
+def plot_reconstructions(generator: Any, beats: Any, labels: Any, scores: Any, path: str | Path, classes: tuple[str, ...] | None = None,
+                         n: int = 3) -> Path:
+    """A PNG of normal beats (median scores) and anomalous beats (highest scores), each with its reconstruction."""
+    import numpy as np
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from sibeatgan.data.artifact import CLASSES
+    from sibeatgan.files import atomic_open
+
+    classes = classes or CLASSES
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)
+    normal = normal[np.argsort(scores[normal])][len(normal) // 2 - n // 2 :][:n]
+    anomalous = anomalous[np.argsort(-scores[anomalous])][:n]
+    rows = [r for r in (normal, anomalous) if len(r)]
+    fig = Figure(figsize=(3.2 * n, 2.4 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), n, squeeze=False))
+    for r, picks in enumerate(rows):
+        x = torch.as_tensor(np.asarray(beats[picks], dtype=np.float32))
+        with torch.inference_mode():
+            rec = generator(x)[0].numpy()
+        for c in range(n):
+            ax = axes[r, c]
+            if c >= len(picks):
+                ax.axis("off")
+                continue
+            i = picks[c]
+            ax.plot(x[c, 0].numpy(), color="k", lw=0.9, label="beat")
+            ax.plot(rec[c, 0], color="tab:blue" if labels[i] == 0 else "tab:red", lw=0.9, label="reconstruction")
+            ax.set_title(f"{classes[int(labels[i])]}: score {scores[i]:.3g}", fontsize=9)
+            ax.set_xticks([])
+        axes[r, 0].legend(fontsize=7, loc="lower left")
+    FigureCanvasAgg(fig)
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    return Path(path)

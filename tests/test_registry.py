@@ -3,6 +3,7 @@ the audit trail, a promotion race and permissions."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_register_gate_promote_rollback_and_audit(mlflow_env, small_teacher: dic
         assert mv.tags[tag], tag
     arts = {a.path for a in client.list_artifacts(v1["run_id"], "evaluation")}
     assert {"evaluation/scores.npz", "evaluation/lineage.json", "evaluation/evaluation.json"} <= arts
+    plots = {a.path for a in client.list_artifacts(v1["run_id"], "plots")}
+    assert {"plots/roc.png", "plots/pr.png", "plots/hist.png", "plots/reconstructions.png"} <= plots
+    assert {a.path for a in client.list_artifacts(v1["run_id"], "dataset")} == {"dataset/manifest.json"}
 
     assert promote(NAME)["moved"]  # no production model yet
     assert _alias(NAME, "production") == v1["version"]
@@ -72,7 +76,12 @@ def test_register_gate_promote_rollback_and_audit(mlflow_env, small_teacher: dic
     result = CliRunner().invoke(app, ["promote", "--name", NAME, "--from", "staging", "--to", "production"])
     assert result.exit_code == 1 and "AUC" in result.output
 
-    v3 = _register(small_teacher, tmp_path / "r3")  # as good as production (the same scores): allowed
+    result = CliRunner().invoke(app, [  # as good as production (the same scores): allowed
+        "register", "-g", str(small_teacher["generator"]), "-e", str(small_teacher["eval"]), "-d", str(small_teacher["dataset"]),
+        "-o", str(tmp_path / "r3"), "--set", f"model_name={NAME}"])
+    assert result.exit_code == 0, result.output
+    v3 = json.loads(result.stdout.strip().splitlines()[-1])
+    assert v3["version"] == v2["version"] + 1 and _alias(NAME, "staging") == v3["version"]
     assert promote(NAME, n_bootstrap=100)["replaced"] == v1["version"]
     assert (_alias(NAME, "production"), _alias(NAME, "previous")) == (v3["version"], v1["version"])
 
