@@ -82,7 +82,13 @@ def test_unreachable_server_at_start_logs_locally_then_syncs(mlflow_env, tmp_pat
     assert time.monotonic() - started < 20
     assert "did not take" in caplog.text and "track-sync" in caplog.text
     assert tracker.run_id is None and tracker.pending > 0
-    synced = sync(tmp_path / "j", mlflow_env.url)
+    from typer.testing import CliRunner
+
+    from sibeatgan.cli import app
+
+    result = CliRunner().invoke(app, ["track-sync", str(tmp_path / "j"), "--uri", mlflow_env.url])
+    assert result.exit_code == 0 and "all sent" in result.output, result.output
+    synced = Tracker.resume(tmp_path / "j")  # state.json now names the server and run it went to
     assert synced.pending == 0
     client = _client(mlflow_env.url)
     assert _steps(client, synced.run_id, "loss") == [1, 2, 3]
