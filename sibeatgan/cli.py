@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,8 @@ from sibeatgan.errors import SibeatganError, ValidationFailed
 app = typer.Typer(
     help=(
         "SI-BeatGAN: ECG anomaly detection on MIT-BIH.\n\n"
-        "Steps, in pipeline order: synth (demo data) -> ingest -> validate -> preprocess -> "
-        "train-teacher -> evaluate. `sibeatgan demo` runs them all on synthetic data."
+        "Steps, in pipeline order: synth (demo data) -> ingest -> validate -> preprocess (writes the default split) -> "
+        "[split] -> train-teacher -> evaluate -> compare. `sibeatgan demo` runs them all on synthetic data."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -29,6 +30,32 @@ log = logging.getLogger("sibeatgan")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config: top-level fields, or a section per step.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config field: key=value (repeatable).", metavar="KEY=VALUE")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+
+# Output folders this command is about to create (see `_track_out`); main() removes them, if empty, after a failure.
+_fresh_outs: list[Path] = []
+
+
+def _track_out(value: Optional[Path]) -> Optional[Path]:
+    """Remember the topmost folder of --out that does not exist yet, so a failed command leaves nothing behind."""
+    if value is not None:
+        path = Path(value).expanduser().absolute()
+        if not path.exists():
+            while not path.parent.exists():
+                path = path.parent
+            _fresh_outs.append(path)
+    return value
+
+
+def OutOpt(default: Any, help: str) -> Any:  # noqa: N802 (an Option factory, named like the others)
+    return typer.Option(default, "--out", "-o", help=help, callback=_track_out)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove `path` when it holds no files (only, possibly, empty folders)."""
+    if not path.is_dir() or path.is_symlink() or any(not p.is_dir() or p.is_symlink() for p in path.rglob("*")):
+        return
+    for root, _dirs, _files in os.walk(path, topdown=False):
+        os.rmdir(root)
 
 
 def _config(cls: type, path: Optional[Path], sets: Optional[list[str]], **explicit: Any) -> Any:
@@ -55,7 +82,7 @@ def _main(
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the synthetic WFDB database into."),
+    out: Path = OutOpt(..., help="Folder to write the synthetic WFDB database into."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     seed: Optional[int] = typer.Option(None, help="Random seed."),
@@ -71,7 +98,7 @@ def synth(
 @app.command()
 def ingest(
     source: str = typer.Option(..., "--source", help="'physionet', a local folder of WFDB files, or s3://bucket/prefix."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to copy the records into."),
+    out: Path = OutOpt(..., help="Folder to copy the records into."),
     records: Optional[str] = typer.Option(None, help="Comma-separated record names (default: all)."),
     s3_endpoint_url: Optional[str] = typer.Option(None, help="S3 endpoint (MinIO, moto); default: AWS."),
     config: Optional[Path] = ConfigOpt,
@@ -89,7 +116,7 @@ def ingest(
 
 @app.command()
 def validate(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for validation.json and validation.html."),
+    out: Path = OutOpt(..., help="Folder for validation.json and validation.html."),
     raw: Optional[Path] = typer.Option(None, help="WFDB folder to validate at record level."),
     dataset: Optional[Path] = typer.Option(None, help="Beat dataset (from preprocess) to validate at beat level."),
     records: Optional[str] = typer.Option(
@@ -112,7 +139,7 @@ def validate(
 @app.command()
 def preprocess(
     source: Path = typer.Option(..., "--source", help="Folder of WFDB records (from ingest or synth)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for beats.npz and manifest.json."),
+    out: Path = OutOpt(..., help="Folder for beats.npz and manifest.json."),
     records: Optional[str] = typer.Option(None, help="Comma-separated records (default: the 44 without paced beats)."),
     leads: Optional[str] = typer.Option(None, help="Lead names, e.g. MLII or MLII,V1, or 'all'."),
     grouping: Optional[str] = typer.Option(None, help="Class grouping: beatgan (default) or aami."),
@@ -129,15 +156,35 @@ def preprocess(
     _done("preprocess", t, result, ("n_beats", "counts"))
 
 
+@app.command()
+def split(
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for split.json and split.npz (default: DATASET/split)."),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the validation/test draw (default 0)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Decide every fold's train/validation/test beats once, as a versioned artifact that training and evaluation read."""
+    from sibeatgan.data.splits import run_split
+
+    t = time.perf_counter()
+    result = run_split(_config(cfg.SplitConfig, config, set_, split_seed=split_seed), dataset, out)
+    _done("split", t, result, ("split", "hash", "splits"))
+
+
+SplitPathOpt = typer.Option(None, "--split", help="Split artifact folder (default: DATASET/split, written by preprocess).")
+
+
 @app.command("train-teacher")
 def train_teacher(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for checkpoint.pt, generator.pt and metrics.json."),
+    out: Path = OutOpt(..., help="Folder for checkpoint.pt, generator.pt and metrics.json."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default 100)."),
     fold: Optional[int] = typer.Option(None, help="BeatGAN fold 0..4."),
     selection: Optional[str] = typer.Option(None, help="clean (no anomaly labels, default) or paper (val AUC)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoint.pt when present."),
+    split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     progress: bool = ProgressOpt,
@@ -147,7 +194,7 @@ def train_teacher(
 
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
-    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress)
+    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path)
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
@@ -157,8 +204,9 @@ def evaluate(
     model: list[Path] = typer.Option(
         ..., "--model", "-m", help="Training output folder (or generator.pt); with --folds, one per fold in that order."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for evaluation.json and plots."),
+    out: Path = OutOpt(..., help="Folder for evaluation.json and plots."),
     folds: Optional[str] = typer.Option(None, help="Comma-separated folds, e.g. 0,1,2,3,4 (default: the fold each model was trained on)."),
+    split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
@@ -175,21 +223,27 @@ def evaluate(
     else:
         models = dict(zip(conf.folds, model))
     t = time.perf_counter()
-    result = run_evaluate(conf, dataset, models, out)
+    result = run_evaluate(conf, dataset, models, out, split=split_path)
     _done("evaluate", t, result, ("overall",))
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for every step's output."),
-    epochs: int = typer.Option(10, help="Teacher epochs (small: this is a smoke run of the whole chain)."),
+    out: Path = OutOpt(Path("runs/demo"), help="Folder for every step's output."),
+    epochs: Optional[int] = typer.Option(None, help="Teacher epochs (default 10: this is a smoke run of the whole chain)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
     progress: bool = ProgressOpt,
 ) -> None:
-    """Run the whole local chain on synthetic data: synth, ingest, validate, preprocess, train-teacher, evaluate."""
+    """Run the whole local chain on synthetic data: synth, ingest, validate, preprocess, train-teacher, evaluate.
+
+    The synthetic data is the nested section `synth`: e.g. `--set synth.n_records=3 --set synth.seed=1`.
+    """
     from sibeatgan.demo import run_demo
 
+    conf = _config(cfg.DemoConfig, config, set_, epochs=epochs)
     t = time.perf_counter()
-    result = run_demo(out, epochs=epochs, progress=progress)
+    result = run_demo(out, epochs=conf.epochs, progress=progress, synth=conf.synth)
     _done("demo", t, result, ("auc",))
     typer.echo(f"demo outputs in {out}: {json.dumps(result)}")
 
@@ -274,16 +328,63 @@ def track_sync(
 
 
 def main() -> None:
-    """Entry point: clear one-line errors for bad input instead of tracebacks."""
+    """Entry point: clear one-line errors for bad input instead of tracebacks; a failed command
+    removes the --out folder it created if nothing was written into it."""
+    _fresh_outs.clear()
+    failed = True
     try:
         app()
+        failed = False
+    except SystemExit as err:
+        failed = err.code not in (0, None)
+        raise
     except ValidationFailed as err:
         typer.echo(f"validation failed:\n{err.summary}", err=True)
         sys.exit(1)
     except SibeatganError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    finally:
+        if failed:
+            for path in _fresh_outs:
+                _remove_if_empty(path)
 
 
 if __name__ == "__main__":
     main()
+
+
+# --- kfp helper: `sibeatgan pipeline run` (the Kubeflow pipeline on kfp's local runner) ---
+pipeline_app = typer.Typer(help="The Kubeflow pipeline (pipelines/si_beatgan.py) run on this machine.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    source: Optional[str] = typer.Option(None, "--source", help="physionet, a WFDB folder or s3://bucket/prefix (default: synthetic data from the synth step)."),
+    out: Path = typer.Option(Path("runs/pipeline"), "--out", "-o", help="Folder for the run's artifacts, checkpoints and summary.json."),
+    folds: str = typer.Option("0", help="Comma-separated folds to train the teacher on."),
+    seeds: str = typer.Option("0", help="Comma-separated teacher seeds."),
+    epochs: int = typer.Option(10, help="Teacher epochs."),
+    records: Optional[str] = typer.Option(None, help="Comma-separated records (default: the protocol's, or all the synthetic ones)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Run the whole pipeline with kfp's local runner (SubprocessRunner, this Python): same components as on a cluster."""
+    from sibeatgan.pipeline import run_pipeline_local
+
+    def ints(text: str, name: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise typer.BadParameter(f"--{name}: {text!r} is not a comma-separated list of integers") from None
+
+    t = time.perf_counter()
+    result = run_pipeline_local(
+        out, source=source, folds=ints(folds, "folds"), seeds=ints(seeds, "seeds"), epochs=epochs, config=config,
+        records=tuple(r.strip() for r in (records or "").split(",") if r.strip()), device=device,
+    )
+    _done("pipeline", t, result, ())
+    for r in result["runs"]:
+        typer.echo(f"fold {r['fold']} seed {r['seed']}: test AUC {r['auc']:.4f}  AP {r['ap']:.4f}  F1 {r['f1']:.4f}  ({r['n']} beats)")
+    typer.echo(f"artifacts in {result['out']}/kfp, summary in {result['out']}/summary.json")

@@ -1,21 +1,26 @@
-"""Typed configuration, one dataclass per step; defaults live here and nowhere else.
+"""Typed configuration, one pydantic model per step; defaults live here and nowhere else.
 
-A YAML file maps one-to-one onto a dataclass (unknown keys are refused), and
-command-line overrides are `key=value` strings coerced to the field's type.
-The CLI, the KFP components, the benchmarks and the tests all build configs
-through `load_config`.
+A YAML file maps one-to-one onto a model (unknown keys are refused); a field
+may itself be a model (a nested section, set from the command line as
+`--set a.b=value`). Command-line strings are coerced to the field's type
+(`true`, `3`, `100,101` for a tuple, `none`). Every error is one line naming
+the field, raised as ConfigError. The CLI, the KFP components, the benchmarks
+and the tests all build configs through `load_config` or the constructors.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass  # noqa: F401 (for a config appended in dataclass style before its conversion)
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from sibeatgan.errors import ConfigError
 
@@ -40,8 +45,31 @@ DS2_RECORDS: tuple[str, ...] = (
 )
 
 
-@dataclass
-class IngestConfig:
+class Section(BaseModel):
+    """Base of every config: unknown keys refused, CLI strings coerced, bad values a one-line ConfigError."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise ConfigError(_one_line(type(self), err)) from None
+
+    # Only translates errors: nested sections are then validated by pydantic itself, so their errors keep the full path.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_strings(cls, data: Any) -> Any:
+        """Command-line strings into what pydantic validates: `none` -> None, `a,b` -> a tuple."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {k: _prepare(v, fields[k].annotation) if k in fields else v for k, v in data.items()}
+
+
+class IngestConfig(Section):
     """Copy a WFDB database from a source (physionet, a folder, s3://) into a local folder."""
 
     source: str = "physionet"
@@ -52,8 +80,7 @@ class IngestConfig:
     cache_dir: str = "~/.cache/sibeatgan"
 
 
-@dataclass
-class PreprocessConfig:
+class PreprocessConfig(Section):
     """Beat extraction by the BeatGAN protocol (DESIGN.md, 'Evaluation protocol')."""
 
     records: tuple[str, ...] = BEATGAN_RECORDS  # records missing from the source are an error
@@ -75,8 +102,7 @@ class PreprocessConfig:
     seed: int = 0
 
 
-@dataclass
-class ValidateConfig:
+class ValidateConfig(Section):
     """The validation gate: record-level and beat-level expectations."""
 
     records: tuple[str, ...] = BEATGAN_RECORDS  # the records the pipeline uses; ("all",): every record in the folder
@@ -91,8 +117,7 @@ class ValidateConfig:
     count_tolerance: float = 0.02
 
 
-@dataclass
-class SynthConfig:
+class SynthConfig(Section):
     """A small synthetic WFDB database with injected anomalous beats."""
 
     n_records: int = 6
@@ -102,13 +127,18 @@ class SynthConfig:
     seed: int = 0
 
 
-@dataclass
-class TeacherConfig:
+class SplitConfig(Section):
+    """The split artifact: every fold's train/val/test beats, decided once by its own seed (not a training seed)."""
+
+    split_seed: int = 0
+    val_fraction: float = 0.1
+
+
+class TeacherConfig(Section):
     """BeatGAN teacher training (DESIGN.md, 'The model')."""
 
     fold: int = 0
-    split: Literal["beatgan", "interpatient"] = "beatgan"
-    val_fraction: float = 0.1
+    split: Literal["beatgan", "interpatient"] = "beatgan"  # protocol; the beats of each part come from the split artifact
     nz: int = 50
     ngf: int = 32
     ndf: int = 32
@@ -128,8 +158,61 @@ class TeacherConfig:
     max_train_beats: int | None = None  # cap for quick runs and tests
 
 
-@dataclass
-class EvaluateConfig:
+class StudentConfig(Section):
+    """The self-distilled contrastive student (DESIGN.md, 'The model'): L_G + alpha * KD_T + beta * NT-Xent_tau."""
+
+    fold: int = 0
+    split: Literal["beatgan", "interpatient"] = "beatgan"
+    init: Literal["teacher", "scratch"] = "teacher"  # start from the teacher's generator weights, or afresh
+    nz: int = 50
+    ngf: int = 32  # width: 32 is the teacher's; 16 is the compact student (about a quarter of its FLOPs)
+    ndf: int = 32
+    lambda_fm: float = 1.0  # BeatGAN's feature-matching weight (lambda)
+    alpha: float = 1.0  # distillation weight
+    T: float = 4.0  # distillation temperature
+    kd_direction: Literal["seed", "hinton"] = "seed"  # seed: KL(s || t); hinton: KL(t || s) * T^2
+    kd_target: Literal["latent", "features"] = "latent"  # latent code, or feature maps (attention transfer)
+    beta: float = 0.1  # contrastive weight
+    tau: float = 0.2  # NT-Xent temperature
+    score: Literal["reconstruction", "discrepancy", "combined"] = "reconstruction"
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 64
+    epochs: int = 20
+    d_reinit_threshold: float = 5e-6
+    selection: Literal["clean", "paper"] = "clean"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    cuda_graph: bool = True
+    eval_batch_size: int = 4096
+    max_train_beats: int | None = None
+
+
+class TuneConfig(Section):
+    """The Optuna search over the student's lambda, T, tau (and alpha, beta, lr, init); ranges are [low, high]."""
+
+    study_name: str = "si-beatgan-student"
+    storage: str | None = None  # None: an Optuna journal file in the output folder; or postgresql://... (secret on a cluster)
+    n_trials: int = 24  # the study's trial budget (shared by every worker)
+    group_size: int = 4  # trials asked at once and trained together as one group of members
+    workers: int = 1  # worker processes on this machine, all on the one study
+    seed: int = 0  # the sampler's seed (each worker adds its index)
+    pruner_warmup_epochs: int = 2
+    heartbeat_s: float = 10.0
+    grace_s: float = 60.0  # a running trial without a heartbeat this long belongs to a dead worker: retried
+    max_retry: int = 2
+    lambda_fm: tuple[float, float] = (0.1, 10.0)
+    T: tuple[float, float] = (1.0, 8.0)
+    tau: tuple[float, float] = (0.05, 1.0)
+    alpha: tuple[float, float] = (0.1, 10.0)
+    beta: tuple[float, float] = (0.01, 1.0)
+    lr: tuple[float, float] = (3e-5, 3e-4)
+    init: tuple[str, ...] = ("teacher",)  # add "scratch" to let the search choose
+
+
+class EvaluateConfig(Section):
     """Scoring and metrics of a trained generator."""
 
     folds: tuple[int, ...] = ()  # empty: the fold each model was trained on
@@ -143,82 +226,148 @@ class EvaluateConfig:
     plots: bool = True
 
 
+class DemoConfig(Section):
+    """`sibeatgan demo`: the whole chain on synthetic data; its data is a nested section (`--set synth.seed=3`)."""
+
+    epochs: int = 10
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+
 C = TypeVar("C")
 
+_NONE_WORDS = ("none", "null")
+_MESSAGES = {
+    "int_parsing": "expected an integer", "int_type": "expected an integer", "int_from_float": "expected an integer",
+    "float_parsing": "expected a number", "float_type": "expected a number",
+    "bool_parsing": "expected true or false", "bool_type": "expected true or false",
+    "string_type": "expected a string", "tuple_type": "expected a list", "list_type": "expected a list",
+    "dict_type": "expected a mapping", "model_type": "expected a mapping", "model_attributes_type": "expected a mapping",
+}
 
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Turn a YAML value or a CLI string into the field's declared type."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
+
+def _union_args(tp: Any) -> tuple[Any, ...]:
+    """The members of a union annotation, or (tp,) for any other."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _prepare(value: Any, tp: Any) -> Any:
+    """A command-line string for a field of type `tp`: `none` for optional fields, `a,b` for tuples."""
+    if not isinstance(value, str):
         return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, name)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError("; ".join(errors) or f"{name}: cannot be {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        return tuple(_coerce(v, item, name) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        kt, vt = args or (Any, Any)
-        return {_coerce(k, kt, name): _coerce(v, vt, name) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    if tp in (int, float, str):
-        if tp is str and not isinstance(value, str):
-            value = str(value)
-        try:
-            out = tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected {tp.__name__}, got {value!r}") from None
-        if tp is int and isinstance(value, float) and value != out:
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return out
-    raise ConfigError(f"{name}: unsupported type {tp!r}")
+    members = _union_args(tp)
+    if type(None) in members and value.strip().lower() in _NONE_WORDS:
+        return None
+    if any(typing.get_origin(m) is tuple for m in members):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+def _model_of(tp: Any) -> type[BaseModel] | None:
+    """The model class an annotation holds (itself, or inside Optional), else None."""
+    for m in _union_args(tp):
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            return m
+    return None
+
+
+def _where(cls: type, loc: tuple[Any, ...]) -> str:
+    """`TeacherConfig.epochs`, `DemoConfig.synth.seed`, `ValidateConfig.expected_counts.N` from pydantic's loc."""
+    name, tp = cls.__name__, cls
+    for part in loc:
+        model = _model_of(tp)
+        if model is not None:
+            if part in model.model_fields:
+                name, tp = f"{name}.{part}", model.model_fields[part].annotation
+            continue  # a union member's tag, not a name
+        base = next((m for m in _union_args(tp) if m is not type(None)), tp)
+        origin, args = typing.get_origin(base), typing.get_args(base)
+        if origin is dict and isinstance(part, str):
+            name, tp = f"{name}.{part}", args[1] if args else Any
+        elif origin is tuple and isinstance(part, int):
+            name, tp = f"{name}[{part}]", args[0] if args else Any
+    return name
+
+
+def _one_line(cls: type, err: ValidationError) -> str:
+    """pydantic's multi-line report as one line naming the (first) bad field."""
+    errors = err.errors(include_url=False)
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if extra:
+        parent = extra[0]["loc"][:-1]
+        names = sorted(str(e["loc"][-1]) for e in extra if e["loc"][:-1] == parent)
+        model: Any = cls
+        for part in parent:
+            model = _model_of(model.model_fields[part].annotation) if part in getattr(model, "model_fields", {}) else model
+        known = ", ".join(sorted(getattr(model, "model_fields", {})))
+        return f"{_where(cls, parent)}: unknown field(s) {', '.join(names)}; known: {known}"
+    e = errors[0]
+    if e["type"] == "literal_error":
+        message = f"{e['input']!r} is not one of {e.get('ctx', {}).get('expected', '')}"
+    else:
+        message = f"{_MESSAGES.get(e['type'], e['msg'])}, got {e['input']!r}"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{_where(cls, e['loc'])}: {message}{more}"
+
+
+def _expand(cls: type, data: dict[Any, Any]) -> dict[Any, Any]:
+    """Dotted keys (`synth.seed`) into nested mappings, applied in order over what is already there."""
+    out: dict[Any, Any] = {}
+    for key, value in data.items():
+        parts = key.split(".") if isinstance(key, str) else [key]
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{cls.__name__}.{'.'.join(parts[:i + 1])}: is {child!r}, not a section; cannot set {key}")
+            node = child
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+@functools.cache
+def _dataclass_model(cls: type) -> type[Section]:
+    """A model mirroring a plain dataclass config (one appended before its conversion), for validation."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else Field(default_factory=f.default_factory)
+        fields[f.name] = (hints[f.name], default)
+    return create_model(cls.__name__, __base__=Section, __module__=cls.__module__, **fields)
 
 
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-    """Build `cls` from a mapping, refusing unknown keys and coercing types."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    values = {k: _coerce(v, hints[k], f"{cls.__name__}.{k}") for k, v in data.items()}
-    return cls(**values)
+    """Build `cls` from a mapping (dotted keys set nested fields), refusing unknown keys and coercing types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a mapping, got {data!r}")
+    model: Any = _dataclass_model(cls) if dataclasses.is_dataclass(cls) else cls
+    try:
+        built = model.model_validate(_expand(cls, data))
+    except ValidationError as err:
+        raise ConfigError(_one_line(model, err)) from None
+    return cls(**dict(built)) if model is not cls else built
+
+
+def replace(config: C, **changes: Any) -> C:
+    """A validated copy of `config` with `changes` (dotted names reach nested fields): `replace(c, epochs=3)`."""
+    current = config.model_dump() if isinstance(config, BaseModel) else dataclasses.asdict(config)  # type: ignore[call-overload]
+    return from_dict(type(config), {**current, **changes})
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """`["epochs=3", "lambda_fm=0.5"]` -> `{"epochs": "3", "lambda_fm": "0.5"}`."""
+    """`["epochs=3", "synth.seed=1"]` -> `{"epochs": "3", "synth.seed": "1"}`."""
     out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
-        out[key.strip()] = value.strip()
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"override {pair!r}: empty name in {key!r}")
+        out[key] = value.strip()
     return out
 
 
@@ -236,7 +385,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         if any(k in SECTIONS for k in loaded):  # a file of sections, one per step
-            stray = sorted(k for k in loaded if k not in SECTIONS)
+            stray = sorted(str(k) for k in loaded if k not in SECTIONS)
             if stray:
                 raise ConfigError(f"config file {path}: unknown section(s) {', '.join(stray)}; known: {', '.join(SECTIONS)}")
             section = loaded.get(SECTIONS_BY_CLASS.get(cls, ""), {}) or {}
@@ -249,14 +398,15 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[st
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON- and YAML-friendly dict of a config (tuples become lists)."""
+    """A JSON- and YAML-friendly dict of a config (nested sections as dicts, tuples as lists)."""
     def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
+        if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+    raw = config.model_dump() if isinstance(config, BaseModel) else dataclasses.asdict(config)
+    return {k: plain(v) for k, v in raw.items()}
 
 
 SECTIONS: dict[str, type] = {
@@ -264,14 +414,17 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessConfig,
     "validate": ValidateConfig,
     "synth": SynthConfig,
+    "split": SplitConfig,
     "teacher": TeacherConfig,
+    "student": StudentConfig,
+    "tune": TuneConfig,
     "evaluate": EvaluateConfig,
+    "demo": DemoConfig,
 }
 SECTIONS_BY_CLASS: dict[type, str] = {v: k for k, v in SECTIONS.items()}
 
 
-@dataclass
-class TrackingConfig:
+class TrackingConfig(Section):
     """MLflow tracking, registry and promotion (credentials only from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
 
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<output root>/mlruns.db

@@ -242,23 +242,24 @@ def _model_paths(models: dict[int, Path] | Path | str, folds: tuple[int, ...]) -
     return [(fold, p / "generator.pt" if p.is_dir() else p) for fold, p in pairs]
 
 
-def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] | Path, out: Path) -> dict[str, Any]:
+def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] | Path, out: Path, split: Path | None = None) -> dict[str, Any]:
     """Score each fold's generator on its own test split; write evaluation.json, scores and plots per fold.
 
     `models` maps fold -> generator file (or its training folder); a single path is evaluated on the
-    fold it was trained for. The split is rebuilt from the model's own training config (split,
-    val_fraction, seed) and refused if the dataset's content hash differs from the one it was trained on.
+    fold it was trained for. Test beats come from the split artifact (`split`, default the dataset's own); a model
+    trained on another dataset or another split is refused.
     """
     from sibeatgan.config import to_dict
     from sibeatgan.data.artifact import load
-    from sibeatgan.data.splits import make_split
+    from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import resolve_device
-    from sibeatgan.train.checkpoint import load_generator
+    from sibeatgan.modelio import load_generator
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load(dataset)
     content_hash = ds.content_hash()
+    split_set = resolve_split(dataset, split, content_hash)
     dev = resolve_device(config.device)
     folds: dict[str, Any] = {}
     for fold, path in _model_paths(models, tuple(config.folds)):
@@ -276,16 +277,19 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
             raise DatasetError(f"{path}: trained on dataset {meta['dataset_hash'][:12]}, but {dataset} is {content_hash[:12]}")
         if (gen.nc, gen.length) != (ds.leads, ds.length):
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
-        split = make_split(ds, split_name, fold, float(trained.get("val_fraction", 0.1)), int(trained.get("seed", 0)))
-        labels = ds.labels[split.test].astype(np.int64)
-        test_x = torch.from_numpy(ds.float_beats(split.test)).to(dev)  # one copy to the device, as training does with val_x
+        if meta.get("split_hash") != split_set.hash:
+            raise DatasetError(f"{path}: trained on split {str(meta.get('split_hash'))[:12]}, but the split given is {split_set.hash[:12]}; "
+                               "evaluate it with the split it was trained on (--split)")
+        part = split_set.fold(split_name, fold)
+        labels = ds.labels[part.test].astype(np.int64)
+        test_x = torch.from_numpy(ds.float_beats(part.test)).to(dev)  # one copy to the device, as training does with val_x
         scores = score(gen, test_x, config.batch_size, dev, config.amp)
         del test_x
         m = metrics(scores, labels, config.n_bootstrap, config.ci, config.seed)
         fold_dir = out / f"fold_{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
         with atomic_open(fold_dir / "scores.npz") as fh:
-            np.savez_compressed(fh, index=split.test, scores=scores, labels=labels)
+            np.savez_compressed(fh, index=part.test, scores=scores, labels=labels, records=ds.records[part.test].astype(str))
         if config.plots:
             m["plots"] = [str(p) for p in plot(scores, labels, fold_dir, f"fold {fold}")]
         m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name)
@@ -295,6 +299,6 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
     for key in ("auc", "ap", "f1"):
         values = np.array([f[key] for f in folds.values()])
         overall[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None}
-    result = {"folds": folds, "overall": overall, "dataset_hash": content_hash, "config": to_dict(config)}
+    result = {"folds": folds, "overall": overall, "dataset_hash": content_hash, "split_hash": split_set.hash, "config": to_dict(config)}
     write_json(out / "evaluation.json", result)
     return result

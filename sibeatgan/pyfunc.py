@@ -36,7 +36,7 @@ class BeatScorer:
 
     @classmethod
     def from_files(cls, generator_path: str | Path, settings_path: str | Path) -> BeatScorer:
-        from sibeatgan.train.checkpoint import load_generator
+        from sibeatgan.modelio import load_generator
 
         gen, _ = load_generator(generator_path, "cpu")
         settings = json.loads(Path(settings_path).read_text())
@@ -81,7 +81,7 @@ class BeatScorer:
         return artifact.quantize(w).astype(np.float32) / artifact.SCALE, pos, filtered
 
     def score(self, windows: np.ndarray) -> np.ndarray:
-        from sibeatgan.evaluate import score
+        from sibeatgan.metrics import score
 
         if len(windows) == 0:
             return np.empty(0, dtype=np.float32)
@@ -171,7 +171,7 @@ def save_model(path: str | Path, generator_path: str | Path, preprocess: dict[st
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     import sibeatgan
-    from sibeatgan.train.checkpoint import load_generator
+    from sibeatgan.modelio import load_generator
 
     gen, meta = load_generator(generator_path, "cpu")
     threshold = meta.get("threshold") if threshold is None else threshold

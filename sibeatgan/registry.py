@@ -50,7 +50,7 @@ def paired_compare(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarra
         shared = None
     if shared is not None:
         return shared(scores_a, scores_b, labels, groups, n_bootstrap=n_bootstrap, seed=seed, ci=ci)
-    from sibeatgan.evaluate import ranked_metrics
+    from sibeatgan.metrics import ranked_metrics
 
     a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
     positive, groups = np.asarray(labels) != 0, np.asarray(groups)
@@ -102,23 +102,17 @@ def _split_hash(meta: dict[str, Any], index: np.ndarray, fold: Any, protocol: st
     return h.hexdigest()
 
 
-def validation_threshold(generator: Path, ds: Any, far: float = 0.01) -> float:
-    """For generator files without a threshold: the (1 - far) quantile of the normal validation beats' scores
-    (label-free, never the test split). Uses sibeatgan.metrics.choose_threshold when it exists."""
-    from sibeatgan.data.splits import make_split
-    from sibeatgan.evaluate import score
-    from sibeatgan.train.checkpoint import load_generator
+def validation_threshold(generator: Path, dataset: Path, ds: Any, split: Path | None = None) -> float:
+    """For generator files without a threshold: `choose_threshold` (label-free default rule) on the model's own
+    validation beats from the split artifact, never the test split."""
+    from sibeatgan.data.splits import resolve_split
+    from sibeatgan.metrics import choose_threshold, score
+    from sibeatgan.modelio import load_generator
 
     gen, meta = load_generator(generator, "cpu")
     conf = meta.get("config") or {}
-    split = make_split(ds, conf.get("split", "beatgan"), int(conf.get("fold", 0)), float(conf.get("val_fraction", 0.1)),
-                       int(conf.get("seed", 0)))
-    val_scores, val_labels = score(gen, ds.float_beats(split.val), 4096, "cpu"), ds.labels[split.val]
-    try:
-        from sibeatgan.metrics import choose_threshold  # type: ignore[import-not-found]
-    except ImportError:
-        return float(np.quantile(val_scores[val_labels == 0], 1 - far))
-    return float(choose_threshold(val_scores, val_labels, rule="far", far=far))
+    part = resolve_split(dataset, split, ds.content_hash()).fold(conf.get("split", "beatgan"), int(conf.get("fold", 0)))
+    return float(choose_threshold(score(gen, ds.float_beats(part.val), 4096, "cpu"), ds.labels[part.val]))
 
 
 def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, out: Path, fold: int | None = None,
@@ -131,7 +125,7 @@ def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, 
     from sibeatgan import pyfunc, tracking
     from sibeatgan.data.artifact import load, read_manifest
     from sibeatgan.files import write_json
-    from sibeatgan.train.checkpoint import load_generator
+    from sibeatgan.modelio import load_generator
 
     out, evaluation, dataset = Path(out), Path(evaluation), Path(dataset)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +153,7 @@ def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, 
     write_json(out / "lineage.json", lineage)
     thr = threshold if threshold is not None else meta.get("threshold")
     if thr is None:
-        thr = validation_threshold(generator, ds)
+        thr = validation_threshold(generator, dataset, ds)
     tracker = tracking.step_tracker(config, out, "register", run_name=f"register-{meta.get('kind', 'teacher')}",
                                     tags={"protocol": protocol, "kind": meta.get("kind", "teacher")})
     tracker.log_dataset(ds.content_hash(), split_hash, source=str(dataset.resolve()), context="evaluation")

@@ -165,9 +165,30 @@ class Tracker:
         if values:
             self._append({"op": "metrics", "data": values, "step": int(step or 0), "ts": int(time.time() * 1000)})
 
-    def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
-        """The training loop's per-epoch callback: every numeric value of the row at step `epoch`, then a send."""
-        self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    def on_fit_start(self, info: dict[str, Any]) -> None:
+        """Training-loop callback: the trained config as params, the dataset and split as lineage, the protocol as a tag."""
+        if info.get("config"):
+            self.log_params(flatten(info["config"], "model."))
+        if info.get("dataset_hash"):
+            self.log_dataset(info["dataset_hash"], info.get("split_hash"), context="training")
+        self.set_tags({k: info[k] for k in ("protocol", "fold", "criterion", "members") if info.get(k) is not None})
+        self.flush()
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any] | list[dict[str, Any] | None], control: Any = None) -> None:
+        """Per-epoch callback: every numeric value of the row at step `epoch`, then a send. The training loop's
+        form (a list of member rows, None once a member stopped) logs one member as is, several as `m<k>.<key>`."""
+        rows = row if isinstance(row, list) else [row]
+        if len(rows) == 1:
+            if rows[0] is not None:
+                self.log_metrics({k: v for k, v in rows[0].items() if k != "epoch"}, step=epoch)
+        else:
+            self.log_metrics({f"m{k}.{key}": v for k, r in enumerate(rows) if r is not None for key, v in r.items() if key != "epoch"},
+                             step=epoch)
+        self.flush()
+
+    def on_fit_end(self, result: dict[str, Any]) -> None:
+        """Training-loop callback: the selected epoch and its metric and threshold."""
+        self.log_metrics({k: result[k] for k in ("best_epoch", "best_metric", "threshold") if k in result})
         self.flush()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -272,8 +293,16 @@ class Tracker:
             self.state["run_id"] = run.info.run_id
             self._save_state()
             log.info("tracking: run %s in experiment %r at %s", run.info.run_id, self.experiment, self.uri)
+        from mlflow.exceptions import MlflowException
+
         while self.state["sent"] < len(self._ops):
-            self._send(self._ops[self.state["sent"]])
+            op = self._ops[self.state["sent"]]
+            try:
+                self._send(op)
+            except MlflowException as err:  # a record the server refuses for good (e.g. a param logged twice with another value)
+                if err.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"):
+                    raise
+                log.warning("tracking: %s refused a %s record for good (%s); skipped", self.uri, op["op"], str(err).splitlines()[0][:200])
             self.state["sent"] += 1
             self._save_state()
 

@@ -290,12 +290,17 @@ def small_teacher(synth_dataset: Path, tmp_path_factory: pytest.TempPathFactory)
     from sibeatgan.evaluate import run_evaluate
     from sibeatgan.train.teacher import run_train_teacher
 
+    from sibeatgan.tracking import Tracker
+
     root = tmp_path_factory.mktemp("small_teacher")
     conf = TeacherConfig(epochs=4, nz=16, ngf=8, ndf=8, lr=1e-3, selection="paper", device="cpu", cuda_graph=False,
                          eval_batch_size=1024)
-    run_train_teacher(conf, synth_dataset, root / "train")
+    tracker = Tracker(root / "tracking", f"sqlite:///{root / 'mlruns.db'}", "teacher", run_name="train-teacher").start()
+    run_train_teacher(conf, synth_dataset, root / "train", callbacks=[tracker])  # the training loop drives the tracker
+    assert tracker.finish()
     run_evaluate(EvaluateConfig(n_bootstrap=50, device="cpu", batch_size=1024), synth_dataset, root / "train", root / "eval")
-    return {"dataset": synth_dataset, "train": root / "train", "generator": root / "train" / "generator.pt", "eval": root / "eval"}
+    return {"dataset": synth_dataset, "train": root / "train", "generator": root / "train" / "generator.pt", "eval": root / "eval",
+            "tracking_uri": tracker.uri, "run_id": tracker.run_id}
 
 
 @pytest.fixture(scope="session")
@@ -306,7 +311,7 @@ def untrained_teacher(small_teacher: dict[str, Path], tmp_path_factory: pytest.T
     from sibeatgan.config import EvaluateConfig
     from sibeatgan.evaluate import run_evaluate
     from sibeatgan.models import Generator
-    from sibeatgan.train.checkpoint import load_generator, save_generator
+    from sibeatgan.modelio import load_generator, save_generator
 
     root = tmp_path_factory.mktemp("untrained_teacher")
     gen, meta = load_generator(small_teacher["generator"])

@@ -11,22 +11,16 @@ from sibeatgan.config import DS1_RECORDS, DS2_RECORDS
 from sibeatgan.data import artifact
 from sibeatgan.data.splits import assign_folds, beatgan_split, interpatient_split, make_split
 from sibeatgan.errors import DatasetError
+from tests import conftest
 
 
 def make_dataset(n: int = 2000, seed: int = 0) -> artifact.BeatDataset:
     rng = np.random.default_rng(seed)
     labels = rng.choice(5, size=n, p=[0.8, 0.06, 0.08, 0.04, 0.02]).astype(np.uint8)
     x = rng.uniform(-1, 1, size=(n, 1, 320)).astype(np.float32)
-    records = rng.choice(np.array(DS1_RECORDS + DS2_RECORDS, dtype=np.int16), size=n)
-    return artifact.BeatDataset(
-        beats=artifact.quantize(x),
-        labels=labels,
-        symbols=np.full(n, ord("N"), dtype=np.uint8),
-        records=records,
-        samples=np.arange(n, dtype=np.int32) * 300,
-        folds=assign_folds(labels, 5, seed),
-        meta={"config": {"seed": seed}},
-    )
+    records = rng.choice(np.array(DS1_RECORDS + DS2_RECORDS), size=n)
+    return conftest.make_dataset(labels, x, records=records, symbols=np.full(n, ord("N")), seed=seed,
+                                 meta={"config": {"seed": seed}})
 
 
 def test_save_load_round_trip(tmp_path):

@@ -64,3 +64,31 @@ def test_train_teacher_then_evaluate(synth_dataset, tmp_path):
     # The model of fold 0 offered as fold 3's: refused by name.
     r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e3"), "--folds", "3")
     assert r.returncode == 2 and "trained on fold 0" in r.stderr
+
+
+def test_a_failed_command_leaves_no_empty_output_folder(tmp_path):
+    # train-teacher creates its --out before it reads the dataset: the failure must not leave it (or its parents).
+    r = sib("train-teacher", "-d", str(tmp_path / "nowhere"), "-o", str(tmp_path / "new" / "teacher"), "--no-progress")
+    assert r.returncode == 2 and "nowhere" in r.stderr
+    assert not (tmp_path / "new").exists()
+    # A folder that was there before the command is the user's: kept, even empty.
+    (tmp_path / "mine").mkdir()
+    r = sib("train-teacher", "-d", str(tmp_path / "nowhere"), "-o", str(tmp_path / "mine"), "--no-progress")
+    assert r.returncode == 2 and (tmp_path / "mine").is_dir()
+
+
+def test_demo_takes_its_synthetic_data_as_a_nested_section(tmp_path):
+    r = sib("demo", "-o", str(tmp_path / "d"), "--set", "synth.seed=x")
+    assert r.returncode == 2 and "error: DemoConfig.synth.seed: expected an integer, got 'x'" in r.stderr
+    # The nested value reaches the synth step (which refuses it), and the failed demo leaves no folder.
+    r = sib("demo", "-o", str(tmp_path / "d"), "--set", "synth.duration_s=1", "--no-progress")
+    assert r.returncode == 2 and "SynthConfig.duration_s: must be at least 10 s, got 1.0" in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_validate_raw_on_a_beat_dataset_says_what_the_folder_is(synth_dataset, tmp_path):
+    r = sib("validate", "--raw", str(synth_dataset), "-o", str(tmp_path / "v"))
+    assert r.returncode == 1
+    assert f"{synth_dataset} is a beat dataset (manifest.json, beats.npz), not a WFDB folder: use --dataset" in r.stderr
+    assert "record 100" not in r.stderr and len(r.stderr.strip().splitlines()) < 6
+    assert (tmp_path / "v" / "validation.json").is_file()  # a failed gate still writes its report, which is kept

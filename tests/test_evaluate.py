@@ -129,11 +129,14 @@ def dataset(tmp_path_factory) -> Path:
     return synthetic_dataset(tmp_path_factory.mktemp("beats"), n_normal=600, n_per_class=30, length=64)
 
 
-def fake_generator(path: Path, dataset: Path, fold: int, **config) -> Path:
+def fake_generator(path: Path, dataset: Path, fold: int, split_hash: str | None = None, **config) -> Path:
+    """An untrained generator saved as a training run would save it (dataset and split hashes in its metadata)."""
+    from sibeatgan.data.splits import load_split
+
     torch.manual_seed(fold)
     cfg = to_dict(TeacherConfig(fold=fold, **config))
     save_generator(path, Generator(1, 64, nz=8, ngf=8), selection="clean", epoch=3, config=cfg,
-                   dataset_hash=artifact.load(dataset).content_hash())
+                   dataset_hash=artifact.load(dataset).content_hash(), split_hash=split_hash or load_split(dataset / "split").hash)
     return path
 
 

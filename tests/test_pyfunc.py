@@ -27,8 +27,8 @@ def logged_model(small_teacher: dict, tmp_path_factory: pytest.TempPathFactory) 
 
 def _dataset_scores(small_teacher: dict) -> tuple:
     from sibeatgan.data.artifact import load
-    from sibeatgan.evaluate import score
-    from sibeatgan.train.checkpoint import load_generator
+    from sibeatgan.metrics import score
+    from sibeatgan.modelio import load_generator
 
     ds = load(small_teacher["dataset"])
     gen, _ = load_generator(small_teacher["generator"])

@@ -197,9 +197,9 @@ def test_biosppy_finds_normal_r_peaks(synth):
 
 
 def test_preprocess_keeps_normals_and_every_class(synth, tmp_path):
-    pre = pytest.importorskip("sibeatgan.data.preprocess", reason="sibeatgan.data.preprocess not written yet")
     from sibeatgan.config import PreprocessConfig
     from sibeatgan.data import artifact
+    from sibeatgan.data import preprocess as pre
 
     db, summary = synth
     out = tmp_path / "dataset"

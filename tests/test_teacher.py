@@ -12,7 +12,7 @@ import torch
 
 from sibeatgan.config import TeacherConfig
 from sibeatgan.data import artifact
-from sibeatgan.data.splits import assign_folds, make_split
+from sibeatgan.data.splits import load_split, make_split
 from sibeatgan.device import Runtime
 from sibeatgan.errors import CheckpointError, ConfigError, DatasetError
 from sibeatgan.evaluate import ranked_metrics, score
@@ -20,6 +20,7 @@ from sibeatgan.models import Generator
 from sibeatgan.models.beatgan import init_spec
 from sibeatgan.train.checkpoint import load_checkpoint, load_generator
 from sibeatgan.train.teacher import TeacherTrainer, run_train_teacher
+from tests import conftest
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -55,21 +56,12 @@ def synthetic_beats(labels: np.ndarray, length: int, nc: int, seed: int) -> np.n
 
 
 def synthetic_dataset(out: Path, n_normal: int = 1500, n_per_class: int = 60, length: int = 160, nc: int = 1, seed: int = 0) -> Path:
-    """A BeatDataset folder of synthetic beats with BeatGAN folds, written with artifact.save."""
+    """A BeatDataset folder of synthetic beats with BeatGAN folds and its default split artifact, as preprocess writes them."""
     labels = np.concatenate([np.zeros(n_normal, np.uint8)] + [np.full(n_per_class, c, np.uint8) for c in range(1, 5)])
     labels = labels[np.random.default_rng(seed).permutation(labels.shape[0])]
-    n = labels.shape[0]
-    ds = artifact.BeatDataset(
-        beats=artifact.quantize(synthetic_beats(labels, length, nc, seed)),
-        labels=labels,
-        symbols=np.frombuffer(b"NSVFQ", np.uint8)[labels],
-        records=np.full(n, 100, np.int16),
-        samples=np.arange(n, dtype=np.int64) * 300,
-        folds=assign_folds(labels, 5, seed),
-        meta={"source": "test_teacher synthetic"},
-    )
-    artifact.save(ds, out)
-    return out
+    ds = conftest.make_dataset(labels, synthetic_beats(labels, length, nc, seed), records=("100",), seed=seed,
+                               meta={"source": "test_teacher synthetic"})
+    return conftest.save_dataset(ds, out)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +197,7 @@ def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(dat
     run_train_teacher(small_config(epochs=4, d_reinit_threshold=threshold), dataset, tmp_path / "straight")
     run_train_teacher(small_config(epochs=2, d_reinit_threshold=threshold), dataset, tmp_path / "killed")
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 2
-    caplog.set_level("INFO", logger="sibeatgan.train.teacher")
+    caplog.set_level("INFO", logger="sibeatgan.train.loop")
     resumed = run_train_teacher(small_config(epochs=4, d_reinit_threshold=threshold), dataset, tmp_path / "killed")
     assert "resuming" in caplog.text and "at epoch 3" in caplog.text
     assert resumed["epochs"] == 4
@@ -213,8 +205,9 @@ def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(dat
     b = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
     for part in ("G", "D"):
         assert_same(a["trainer"][part], b["trainer"][part])
-    assert [h["loss_g"] for h in a["history"]] == [h["loss_g"] for h in b["history"]]
-    assert a["best_epoch"] == b["best_epoch"] and a["best_metric"] == b["best_metric"]
+    sa, sb = a["selection_state"], b["selection_state"]
+    assert [h["loss_g"] for h in sa["histories"][0]] == [h["loss_g"] for h in sb["histories"][0]]
+    assert sa["best_epoch"] == sb["best_epoch"] and sa["best"] == sb["best"] and sa["thresholds"] == sb["thresholds"]
     ga, _ = load_generator(tmp_path / "straight" / "generator.pt")
     gb, _ = load_generator(tmp_path / "killed" / "generator.pt")
     assert_same(ga.state_dict(), gb.state_dict())
@@ -233,9 +226,11 @@ def test_outputs_describe_themselves(dataset, tmp_path):
     gen, meta = load_generator(result["generator"])
     assert meta["hparams"] == {"nc": 1, "length": 160, "nz": 16, "ngf": 8}
     assert meta["dataset_hash"] == artifact.load(dataset).content_hash()
-    assert meta["config"]["fold"] == 0 and meta["criterion"] == "val_normal_mse"
+    assert meta["config"]["fold"] == 0 and meta["criterion"] == "val_normal_mse" and meta["kind"] == "teacher"
+    assert meta["split_hash"] == load_split(dataset / "split").hash and meta["threshold"] == metrics["threshold"] > 0
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert {"trainer", "config", "epoch", "best_metric", "best_epoch", "selection", "dataset_hash", "history"} <= set(ckpt)
+    assert {"trainer", "config", "epoch", "selection", "dataset_hash", "split_hash", "selection_state"} <= set(ckpt)
+    assert {"histories", "best", "best_epoch", "thresholds", "stopped"} <= set(ckpt["selection_state"])
     assert {"G", "D", "opt_g", "opt_d", "perm_rng", "torch_rng"} <= set(ckpt["trainer"])
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -257,7 +252,7 @@ def nan_scores_in_epochs(monkeypatch, bad_epochs: set[int]) -> None:
 @pytest.mark.parametrize("selection", ["clean", "paper"])
 def test_an_epoch_with_a_nan_criterion_is_never_selected(dataset, tmp_path, monkeypatch, caplog, selection):
     nan_scores_in_epochs(monkeypatch, {1})
-    caplog.set_level("WARNING", logger="sibeatgan.train.teacher")
+    caplog.set_level("WARNING", logger="sibeatgan.train.loop")
     result = run_train_teacher(small_config(epochs=3, selection=selection), dataset, tmp_path)
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     criterion = "val_auc" if selection == "paper" else "val_normal_mse"
@@ -273,7 +268,7 @@ def test_no_finite_criterion_in_any_epoch_is_an_error(dataset, tmp_path, monkeyp
     with pytest.raises(CheckpointError, match="none of the 2 epoch.*finite val_normal_mse"):
         run_train_teacher(small_config(epochs=2), dataset, tmp_path)
     assert not (tmp_path / "generator.pt").exists()
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["best_metric"] is None
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["selection_state"]["best"] == [None]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["best_metric"] is None and len(saved["history"]) == 2
 

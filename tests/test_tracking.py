@@ -39,6 +39,27 @@ def test_flatten_config_and_tags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(tags["git_commit"]) == 40 and tags["sibeatgan_version"] != "unknown"
 
 
+def test_training_loop_drives_the_tracker(small_teacher: dict) -> None:
+    """run_train_teacher(callbacks=[tracker]): config params, lineage and protocol at fit start, each epoch's row at its step."""
+    import json as _json
+
+    from sibeatgan.data.artifact import read_manifest
+
+    client = _client(small_teacher["tracking_uri"])
+    run = client.get_run(small_teacher["run_id"])
+    summary = _json.loads((small_teacher["train"] / "metrics.json").read_text())
+    epochs = list(range(1, summary["epochs"] + 1))
+    for key in ("loss_g", "loss_d", "val_auc", "val_normal_mse"):
+        assert _steps(client, run.info.run_id, key) == epochs, key
+    assert run.data.params["model.epochs"] == "4" and run.data.params["model.lr"] == "0.001"
+    assert run.data.tags["protocol"] == "beatgan" and run.data.tags["split_hash"] == summary["split_hash"]
+    assert run.data.metrics["best_epoch"] == summary["best_epoch"] and run.data.metrics["threshold"] == pytest.approx(summary["threshold"])
+    (dataset_input,) = run.inputs.dataset_inputs
+    content_hash = read_manifest(small_teacher["dataset"])["content_hash"]
+    assert dataset_input.dataset.digest == content_hash[:32] and content_hash in dataset_input.dataset.profile
+    assert {t.key: t.value for t in dataset_input.tags}["split_hash"] == summary["split_hash"]
+
+
 def test_local_sqlite_store_by_default(small_teacher: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No URI: a SQLite store under the output root; the real teacher's epoch rows, files and lineage are logged."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

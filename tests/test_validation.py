@@ -13,6 +13,7 @@ from sibeatgan.config import BEATGAN_RECORDS, MITDB_RECORDS, ValidateConfig
 from sibeatgan.data import artifact
 from sibeatgan.data.validation import _exception, count_bounds, run_validate, summarize
 from sibeatgan.errors import ConfigError, ValidationFailed
+from tests import conftest
 
 RECORDS = ("100", "101", "103")
 
@@ -24,19 +25,12 @@ def make_dataset(n: int = 600, length: int = 320, leads: int = 1, seed: int = 0)
     x = 2 * (x - x.min(-1, keepdims=True)) / (x.max(-1, keepdims=True) - x.min(-1, keepdims=True)) - 1
     labels = np.zeros(n, dtype=np.int8)
     labels[:40] = np.repeat(np.arange(1, 5), 10)
-    return artifact.BeatDataset(
-        beats=artifact.quantize(x),
-        labels=labels,
-        symbols=np.zeros(n, dtype=np.uint8),
-        records=np.asarray(RECORDS, dtype=np.int16)[np.arange(n) % len(RECORDS)],
-        samples=np.arange(n, dtype=np.int64) * 360 + 1000,
-        folds=np.where(labels == 0, np.arange(n) % 5, -1).astype(np.int8),
-    )
+    return conftest.make_dataset(labels, x, records=RECORDS, samples=np.arange(n) * 360 + 1000,
+                                 folds=np.where(labels == 0, np.arange(n) % 5, -1))
 
 
 def save(ds: artifact.BeatDataset, path: Path, records: tuple[str, ...] = RECORDS) -> Path:
-    artifact.save(ds, path, {"records": list(records)})
-    return path
+    return conftest.save_dataset(ds, path, records=list(records))
 
 
 def failed(err: pytest.ExceptionInfo[ValidationFailed], out: Path) -> dict[str, dict]:
@@ -77,7 +71,7 @@ def test_two_lead_dataset_checks_every_lead(tmp_path: Path) -> None:
         run_validate(ValidateConfig(), None, save(ds, tmp_path / "bad"), tmp_path / "o2")
     names = failed(err, tmp_path / "o2")
     assert set(names) == {"every lead reaches -1", "every lead reaches 1"}
-    assert names["every lead reaches 1"]["offending"] == [{"record": 101, "sample": 7 * 360 + 1000, "lead_max": pytest.approx(0.5, abs=1e-4)}]
+    assert names["every lead reaches 1"]["offending"] == [{"record": "101", "sample": 7 * 360 + 1000, "lead_max": pytest.approx(0.5, abs=1e-4)}]
 
 
 def test_nan_beat_is_named(tmp_path: Path) -> None:
@@ -90,7 +84,7 @@ def test_nan_beat_is_named(tmp_path: Path) -> None:
         run_validate(ValidateConfig(), None, save(ds, tmp_path / "ds"), tmp_path / "out")
     names = failed(err, tmp_path / "out")
     assert names["no NaN/inf"]["unexpected_count"] == 2
-    assert [(r["record"], r["sample"]) for r in names["no NaN/inf"]["offending"]] == [(103, 2800), (100, 4240)]
+    assert [(r["record"], r["sample"]) for r in names["no NaN/inf"]["offending"]] == [("103", 2800), ("100", 4240)]
     assert "beats stored as int16" in names
     assert "beats: no NaN/inf: 2 of 600 beats fail: record 103 sample 2800" in err.value.summary
 
@@ -112,7 +106,7 @@ def test_unknown_label_is_named(tmp_path: Path) -> None:
     names = failed(err, tmp_path / "out")
     assert list(names) == ["label in N, S, V, F, Q"]
     assert names["label in N, S, V, F, Q"]["offending"] == [
-        {"record": 101, "sample": 37000, "label": "7"}, {"record": 103, "sample": 73000, "label": "7"}]
+        {"record": "101", "sample": 37000, "label": "7"}, {"record": "103", "sample": 73000, "label": "7"}]
     assert "record 101 sample 37000 (label=7)" in err.value.summary
 
 
@@ -123,7 +117,7 @@ def test_beat_not_spanning_range_is_named(tmp_path: Path) -> None:
         run_validate(ValidateConfig(), None, save(ds, tmp_path / "ds"), tmp_path / "out")
     names = failed(err, tmp_path / "out")
     assert set(names) == {"beat minimum is -1 (within quantisation)", "beat maximum is 1 (within quantisation)"}
-    assert names["beat maximum is 1 (within quantisation)"]["offending"][0]["record"] == 100
+    assert names["beat maximum is 1 (within quantisation)"]["offending"][0]["record"] == "100"
 
 
 def test_counts_out_of_bounds_are_named(tmp_path: Path) -> None:
@@ -319,8 +313,6 @@ def test_synthetic_database_passes(synth_db: Path, tmp_path: Path) -> None:
     assert result["success"] and result["suites"][0]["rows"] >= 1
 
 
-def test_preprocessed_synthetic_dataset_passes(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    pytest.importorskip("sibeatgan.data.preprocess", reason="preprocess is not written yet")
-    synth_dataset = request.getfixturevalue("synth_dataset")
+def test_preprocessed_synthetic_dataset_passes(synth_dataset: Path, tmp_path: Path) -> None:
     result = run_validate(ValidateConfig(), None, synth_dataset, tmp_path / "out")
     assert result["success"], result["summary"]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from sibeatgan.config import PreprocessConfig, to_dict
 from sibeatgan.data import artifact, beats, rpeaks
 from sibeatgan.data.records import Header, read_header, read_record
-from sibeatgan.data.splits import assign_folds
+from sibeatgan.data.splits import assign_folds, build_splits, default_split_dir, save_split
 from sibeatgan.errors import ConfigError, RecordError, SourceError
 from sibeatgan.files import sha256_file
 
@@ -242,7 +242,10 @@ def run_preprocess(
         "rpeak_engine": rpeak_engine,
         "preprocess_seconds": round(time.perf_counter() - started, 3),
     }
+    split_set = build_splits(ds)  # the default split artifact (SplitConfig's defaults), beside the beats
+    extra["default_split"] = {"path": "split", "hash": split_set.hash, "split_seed": split_set.split_seed}
     manifest = artifact.save(ds, out, manifest_extra=extra)
+    save_split(split_set, default_split_dir(out))
     log.info(
         "preprocess: %d records, %d beats %s (dropped: %d outside the signal, %d normal without R peak) -> %s in %.1f s",
         len(results), len(ds), manifest["counts"], extra["dropped"]["window_outside_signal"],

@@ -130,6 +130,9 @@ def record_checks(config: ValidateConfig) -> list[Check]:
 
 
 def record_tables(config: ValidateConfig, raw: Path, names: Sequence[str] | None, progress: bool) -> list[Table]:
+    if any((raw / f).is_file() for f in ("manifest.json", "beats.npz")):  # one clear line, not an error per record
+        return [Table("records", "record", None,
+                      error=f"{raw} is a beat dataset (manifest.json, beats.npz), not a WFDB folder: use --dataset {raw}")]
     try:
         names = list(names) if names is not None else wfdb_records.list_records(raw)
     except SourceError as err:

@@ -1,9 +1,9 @@
-"""Self-describing checkpoints and generator files, written atomically (temp file, then os.replace).
+"""Self-describing training checkpoints, written atomically (temp file, then os.replace).
 
-A training checkpoint holds everything a killed run needs to continue bit for bit: model and
-optimizer states, RNG states, the config, the epoch, the best metric and how it was chosen,
-and the content hash of the dataset it was trained on. A generator file holds the selected
-generator's weights and the hyperparameters to rebuild it, with no optimizer or D.
+A checkpoint holds everything a killed run needs to continue bit for bit: the trainer's model,
+optimizer and RNG states, the config, the epoch, the selection state, the history, and the content
+hashes of the dataset and split it was trained on. Generator files live in sibeatgan.modelio
+(re-exported here for callers of the older path).
 """
 
 from __future__ import annotations
@@ -13,36 +13,11 @@ from typing import Any
 
 import torch
 
-from sibeatgan.errors import CheckpointError
-from sibeatgan.files import atomic_open
-from sibeatgan.models import Generator
+from sibeatgan.modelio import VERSION, atomic_save, cpu_state, load_file, load_generator, save_generator
 
-CHECKPOINT_FORMAT = "sibeatgan-teacher-checkpoint"
-GENERATOR_FORMAT = "sibeatgan-generator"
-VERSION = 1
+CHECKPOINT_FORMAT = "sibeatgan-checkpoint"
 
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temp file beside `path`, then rename over it: a crash never leaves half a file."""
-    with atomic_open(path) as fh:
-        torch.save(obj, fh)
-    return Path(path)
-
-
-def _load(path: str | Path, fmt: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle/zip errors on a truncated or foreign file
-        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
-    if not isinstance(obj, dict) or obj.get("format") != fmt:
-        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path}: format {found!r}, expected {fmt!r}")
-    if obj.get("version") != VERSION:
-        raise CheckpointError(f"{path}: version {obj.get('version')!r}, this code reads version {VERSION}")
-    return obj
+__all__ = ["CHECKPOINT_FORMAT", "VERSION", "atomic_save", "cpu_state", "load_checkpoint", "load_generator", "save_checkpoint", "save_generator"]
 
 
 def save_checkpoint(path: str | Path, **fields: Any) -> Path:
@@ -52,28 +27,4 @@ def save_checkpoint(path: str | Path, **fields: Any) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint` (CheckpointError names the file and problem)."""
-    return _load(path, CHECKPOINT_FORMAT, map_location)
-
-
-def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def save_generator(path: str | Path, generator: Generator, **meta: Any) -> Path:
-    """Write the generator's weights and constructor arguments (plus `meta`: epoch, metric, config...)."""
-    return atomic_save(
-        {"format": GENERATOR_FORMAT, "version": VERSION, "hparams": generator.hparams(), "state_dict": cpu_state(generator), **meta},
-        path,
-    )
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """Rebuild a Generator (in eval mode, on `device`) from a generator file; returns it with its metadata."""
-    obj = _load(path, GENERATOR_FORMAT)
-    try:
-        gen = Generator(**obj["hparams"])
-        gen.load_state_dict(obj["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: generator cannot be rebuilt ({type(err).__name__}: {err})") from None
-    meta = {k: v for k, v in obj.items() if k not in ("format", "version", "state_dict")}
-    return gen.to(device).eval(), meta
+    return load_file(path, CHECKPOINT_FORMAT, map_location)

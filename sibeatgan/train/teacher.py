@@ -8,14 +8,14 @@ on the host. D is re-initialised, as in the reference, whenever its loss falls b
 (weights + flag * (fresh_draw - weights), flag 0 or 1 on the device), so the decision never
 leaves the device and a reinit takes effect at the same step as in the reference.
 
-The core (`TeacherTrainer`) needs only torch and numpy; `run_train_teacher` loads the rest lazily.
+`TeacherTrainer` is what is trained; `sibeatgan.train.loop.fit` runs it (epochs, selection, checkpoints,
+callbacks). The core needs only torch and numpy; `run_train_teacher` loads the rest lazily.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,13 +24,11 @@ import numpy as np
 import torch
 
 from sibeatgan.device import Runtime
-from sibeatgan.errors import CheckpointError
-from sibeatgan.evaluate import ranked_metrics, score
-from sibeatgan.files import write_json
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
+from sibeatgan.metrics import score
+from sibeatgan.modelio import cpu_state
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.beatgan import init_spec
-from sibeatgan.train.checkpoint import cpu_state, load_checkpoint, save_checkpoint, save_generator
 
 if TYPE_CHECKING:
     from sibeatgan.config import TeacherConfig
@@ -67,6 +65,9 @@ class CudaGraphs:
 
 class TeacherTrainer:
     """Generator, discriminator, their Adam optimizers and the step; `train_epoch` runs one epoch on device data."""
+
+    members = 1
+    loss_names = LOSS_NAMES
 
     def __init__(
         self,
@@ -190,8 +191,17 @@ class TeacherTrainer:
             self._captured = True
             self.graphs.replay()
 
-    def train_epoch(self) -> dict[str, float]:
-        """One pass over a fresh permutation (the last partial batch dropped); reads the device once at the end."""
+    def generator(self, k: int = 0) -> torch.nn.Module:
+        return self.G
+
+    def score(self, x: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+        """(1, n) anomaly scores (reconstruction error) of the current generator."""
+        return score(self.G, x, batch_size, self.rt.device)[None]
+
+    def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """One pass over a fresh permutation (the last partial batch dropped); reads the device once at the end.
+
+        `on_step(i, steps)` after each step is for progress display: a Python call, it never waits on the device."""
         if self.train_x is None:
             raise RuntimeError("set_train_data first")
         dev = self.rt.device
@@ -205,6 +215,8 @@ class TeacherTrainer:
         for i in range(steps):
             self.idx.copy_(perm[i * self.batch_size : (i + 1) * self.batch_size])
             self._run_step()
+            if on_step is not None:
+                on_step(i + 1, steps)
         sums = self.sums.tolist()
         seconds = time.perf_counter() - start
         out = {name: value / steps for name, value in zip(LOSS_NAMES, sums)}
@@ -255,38 +267,27 @@ def _select_train(train: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(train, size=cap, replace=False))
 
 
-def _check_resumable(ckpt: dict[str, Any], config_dict: dict[str, Any], content_hash: str, path: Path) -> None:
-    from sibeatgan.errors import ConfigError
-
-    if ckpt.get("dataset_hash") != content_hash:
-        raise CheckpointError(f"{path} was written for dataset {str(ckpt.get('dataset_hash'))[:12]}, not this one ({content_hash[:12]}); use resume=False or another output folder")
-    old = ckpt.get("config") or {}
-    changed = sorted(k for k in set(old) | set(config_dict) if k not in RESUMABLE_CHANGES and old.get(k) != config_dict.get(k))
-    if changed:
-        detail = ", ".join(f"{k}: {old.get(k)!r} -> {config_dict.get(k)!r}" for k in changed)
-        raise ConfigError(f"cannot resume {path}: the config changed ({detail}); use resume=False or another output folder")
-
-
-def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Train BeatGAN on `dataset`'s split, selecting the best epoch by `config.selection`; writes into `out`:
-    checkpoint.pt (every epoch), generator.pt (best epoch so far) and metrics.json (history)."""
+def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: bool = True, progress: bool = False,
+                      split: Path | None = None, callbacks: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Train BeatGAN on the split artifact's training beats (`split`, default the dataset's own), selecting the best
+    epoch by `config.selection`; writes into `out` checkpoint.pt (every epoch), generator.pt (best epoch so far,
+    with its validation threshold) and metrics.json (history). `callbacks` see every epoch (sibeatgan.train.loop)."""
     from sibeatgan.config import to_dict
     from sibeatgan.data.artifact import load
-    from sibeatgan.data.splits import make_split
+    from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import select
     from sibeatgan.errors import DatasetError
+    from sibeatgan.train.loop import FitData, FitSettings, fit
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ds = load(dataset)
     content_hash = ds.content_hash()
-    split = make_split(ds, config.split, config.fold, config.val_fraction, config.seed)
-    train_idx = _select_train(split.train, config.max_train_beats, config.seed)
-    val_labels = ds.labels[split.val]
-    val_normal = val_labels == 0
-    if not val_normal.any():
+    split_set = resolve_split(dataset, split, content_hash)
+    part = split_set.fold(config.split, config.fold)
+    train_idx = _select_train(part.train, config.max_train_beats, config.seed)
+    val_labels = ds.labels[part.val]
+    if not (val_labels == 0).any():
         raise DatasetError(f"{dataset}: the validation split holds no normal beats; cannot select a model")
-    if config.selection == "paper" and val_normal.all():
+    if config.selection == "paper" and (val_labels == 0).all():
         raise DatasetError(f"{dataset}: selection='paper' needs labelled anomalies in the validation split; it has none (use selection='clean')")
     if len(train_idx) < config.batch_size:
         raise DatasetError(f"{dataset}: {len(train_idx)} training beats, fewer than one batch of {config.batch_size}")
@@ -295,68 +296,15 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
         ds.leads, ds.length, rt, nz=config.nz, ngf=config.ngf, ndf=config.ndf, lambda_fm=config.lambda_fm, lr=config.lr,
         betas=(config.beta1, config.beta2), batch_size=config.batch_size, d_reinit_threshold=config.d_reinit_threshold, seed=config.seed,
     )
-    trainer.set_train_data(torch.from_numpy(ds.float_beats(train_idx)))
-    val_x = torch.from_numpy(ds.float_beats(split.val)).to(rt.device)
-    config_dict = to_dict(config)
-    criterion = "val_auc" if config.selection == "paper" else "val_normal_mse"
-    ckpt_path, gen_path, metrics_path = out / "checkpoint.pt", out / "generator.pt", out / "metrics.json"
-    history: list[dict[str, Any]] = []
-    best, best_epoch, first = None, 0, 1
-    if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt, config_dict, content_hash, ckpt_path)
-        trainer.load_state_dict(ckpt["trainer"])
-        history, best, best_epoch = list(ckpt["history"]), ckpt["best_metric"], ckpt["best_epoch"]
-        first = ckpt["epoch"] + 1
-        log.info("resuming %s at epoch %d (best %s %s at epoch %d)", ckpt_path, first, criterion, best, best_epoch)
-    log.info(
-        "teacher: %d training beats (%d leads x %d), %d validation, %s split fold %d, selection %s, %s",
-        len(train_idx), ds.leads, ds.length, len(split.val), config.split, config.fold, config.selection, rt.describe(),
+    data = FitData(torch.from_numpy(ds.float_beats(train_idx)), torch.from_numpy(ds.float_beats(part.val)), val_labels,
+                   content_hash, split_set.hash, config.split, config.fold)
+    settings = FitSettings(
+        epochs=config.epochs, selection=config.selection, eval_batch_size=config.eval_batch_size, kind="teacher",
+        config=to_dict(config), resumable_changes=RESUMABLE_CHANGES, resume=resume, progress=progress,
+        threshold_rule="f1" if config.selection == "paper" else "far",
     )
-
-    def summary() -> dict[str, Any]:
-        return {
-            "selection": config.selection, "criterion": criterion, "best_metric": best, "best_epoch": best_epoch,
-            "epochs": len(history), "history": history, "runtime": rt.describe(), "n_train": int(len(train_idx)),
-            "n_val": int(len(split.val)), "dataset_hash": content_hash, "config": config_dict,
-        }
-
-    epochs = range(first, config.epochs + 1)
-    if progress and len(epochs):
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc="teacher", unit="epoch")
-    for epoch in epochs:
-        started = time.perf_counter()
-        row: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch()}
-        scores = score(trainer.G, val_x, config.eval_batch_size, rt.device)
-        finite_scores = bool(np.isfinite(scores).all())
-        row["val_normal_mse"] = float(scores[val_normal].mean())
-        if val_normal.all():
-            row["val_auc"] = None
-        else:  # a ranking with NaN scores in it means nothing, so such an AUC is NaN too
-            row["val_auc"] = ranked_metrics(scores, ~val_normal)["auc"] if finite_scores else math.nan
-        value = row[criterion]
-        improved = False
-        if not math.isfinite(value):
-            log.warning("epoch %d: %s is %s (the model diverged?); this epoch is not considered for selection", epoch, criterion, value)
-        else:
-            improved = best is None or (value > best if config.selection == "paper" else value < best)
-        if improved:
-            best, best_epoch = value, epoch
-            save_generator(gen_path, trainer.G, selection=config.selection, criterion=criterion, metric=value, epoch=epoch,
-                           config=config_dict, dataset_hash=content_hash)
-        row["epoch_seconds"] = time.perf_counter() - started
-        history.append(row)
-        save_checkpoint(ckpt_path, trainer=trainer.state_dict(), config=config_dict, epoch=epoch, best_metric=best, best_epoch=best_epoch,
-                        selection=config.selection, criterion=criterion, history=history, dataset_hash=content_hash)
-        write_json(metrics_path, summary())
-        log.info("epoch %d: D %.4g G %.4g (rec %.4g fm %.4g) %s %.6g%s, %.1f s, %.0f beats/s", epoch, row["loss_d"], row["loss_g"],
-                 row["loss_rec"], row["loss_fm"], criterion, value, " (best)" if improved else "", row["epoch_seconds"], row["beats_per_s"])
-    write_json(metrics_path, summary())
-    if not history:
-        raise CheckpointError(f"{out}: no epoch was trained (epochs={config.epochs}) and no generator.pt exists")
-    if best is None:
-        raise CheckpointError(f"{out}: none of the {len(history)} epoch(s) had a finite {criterion}, so no model was selected "
-                              f"and this run wrote no generator.pt (history in {metrics_path.name})")
-    return {"generator": str(gen_path), "checkpoint": str(ckpt_path), "metrics": str(metrics_path), **{k: v for k, v in summary().items() if k != "history"}}
+    log.info(
+        "teacher: %d training beats (%d leads x %d), %d validation, %s split fold %d (split %s), selection %s, %s",
+        len(train_idx), ds.leads, ds.length, len(part.val), config.split, config.fold, split_set.hash[:12], config.selection, rt.describe(),
+    )
+    return fit(trainer, data, Path(out), settings, callbacks, runtime=rt.describe())

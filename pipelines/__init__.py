@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions; each compiles to the YAML beside it."""

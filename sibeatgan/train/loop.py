@@ -1,0 +1,329 @@
+"""One training loop for every GAN trainer: epochs, device data, selection, checkpoint and resume, progress, callbacks.
+
+A trainer (the teacher, the student, K batched members) says what is trained: its modules, its named
+loss terms, its optimizers and its step. `fit` says how training runs, the same for all of them:
+
+- the training beats go to the device once (`trainer.set_train_data`); each epoch is
+  `trainer.train_epoch(on_step)`, which reads the device once, at its end;
+- after each epoch the validation beats (on the device since the start) are scored by every member,
+  and each member keeps its best epoch by the selection criterion: `clean` (label-free: mean
+  reconstruction error of normal validation beats, lower is better) or `paper` (validation AUC);
+  the selected generator is saved with its threshold, chosen on validation beats without test labels;
+- one checkpoint per epoch holds the trainer state and the selection state, so a killed run resumes
+  where it stopped; it refuses to resume on another dataset, split or config;
+- callbacks see every epoch's row (every loss term and validation value) per member: Optuna's
+  reporting and pruning and MLflow's logging attach there, without touching the loop or the trainer.
+  A callback stops a member with `control.stop(k)` (a pruned trial); the others go on.
+
+Trainers keep everything that changes from step to step (batch indices, loss weights, schedules,
+augmentation draws) in device tensors, updated in place: a captured CUDA graph replays the tensors'
+current values, while a Python number would stay frozen at its value at capture.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from sibeatgan.errors import CheckpointError, ConfigError
+from sibeatgan.files import write_json
+from sibeatgan.modelio import save_generator
+from sibeatgan.train.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+CRITERIA = {"clean": ("val_normal_mse", False), "paper": ("val_auc", True)}  # name, higher is better
+
+
+class Trainer(Protocol):
+    """What `fit` needs of a trainer; `members` models are trained at once (1 for a single model)."""
+
+    members: int
+    loss_names: tuple[str, ...]
+
+    def set_train_data(self, beats: torch.Tensor) -> None: ...
+
+    def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]: ...
+
+    def score(self, x: torch.Tensor, batch_size: int) -> np.ndarray: ...
+
+    def generator(self, k: int) -> torch.nn.Module: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitData:
+    """Training and validation beats of one split (host tensors; `fit` moves them to the device once)."""
+
+    train_x: torch.Tensor
+    val_x: torch.Tensor
+    val_labels: np.ndarray
+    dataset_hash: str
+    split_hash: str
+    protocol: str
+    fold: int
+
+
+@dataclass
+class FitSettings:
+    """How a run goes; `config` is the step's whole config, stored with the outputs and checked on resume."""
+
+    epochs: int
+    selection: str = "clean"
+    eval_batch_size: int = 4096
+    kind: str = "teacher"
+    config: dict[str, Any] = field(default_factory=dict)
+    resumable_changes: tuple[str, ...] = ()
+    resume: bool = True
+    progress: bool = False
+    threshold_rule: str = "far"
+    threshold_far: float = 0.01
+    member_configs: list[dict[str, Any]] | None = None  # per-member hyperparameters, saved with each generator
+
+
+class Control:
+    """Handed to callbacks: which members still train, and a way to stop one (a pruned trial)."""
+
+    def __init__(self, members: int, stopped: list[str | None] | None = None):
+        self.stopped: list[str | None] = list(stopped) if stopped else [None] * members
+
+    def active(self, k: int) -> bool:
+        return self.stopped[k] is None
+
+    def stop(self, k: int, reason: str = "stopped") -> None:
+        if self.stopped[k] is None:
+            self.stopped[k] = reason
+
+
+class Callback:
+    """Per-run hooks; every method is optional. `rows[k]` is member k's row of the epoch (None once stopped)."""
+
+    def on_fit_start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, rows: list[dict[str, Any] | None], control: Control) -> None:
+        pass
+
+    def on_fit_end(self, result: dict[str, Any]) -> None:
+        pass
+
+
+def _threshold(scores: np.ndarray, labels: np.ndarray, rule: str, far: float) -> float:
+    from sibeatgan.metrics import choose_threshold
+
+    return float(choose_threshold(scores, labels, rule=rule, far=far))
+
+
+def _member_dir(out: Path, members: int, k: int) -> Path:
+    return out if members == 1 else out / f"member_{k}"
+
+
+def _check_resumable(ckpt: dict[str, Any], settings: FitSettings, data: FitData, path: Path) -> None:
+    hint = "run with --no-resume (resume=False) or use another output folder"
+    for key, have in (("dataset_hash", data.dataset_hash), ("split_hash", data.split_hash)):
+        if ckpt.get(key) != have:
+            raise CheckpointError(f"{path} was written for {key.split('_')[0]} {str(ckpt.get(key))[:12]}, not this one ({have[:12]}); {hint}")
+    if ckpt.get("kind") != settings.kind:
+        raise CheckpointError(f"{path} is a {ckpt.get('kind')} checkpoint, not a {settings.kind} one; {hint}")
+    old, new = ckpt.get("config") or {}, settings.config
+    changed = sorted(k for k in set(old) | set(new) if k not in settings.resumable_changes and old.get(k) != new.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ConfigError(f"cannot resume {path}: the config changed ({detail}); {hint}")
+
+
+class _Progress:
+    """An epoch bar and a step bar on a terminal; on anything else no bar at all, only the log's epoch lines."""
+
+    def __init__(self, enabled: bool, first: int, epochs: int, kind: str):
+        self.bar = self.steps = None
+        self.stack = ExitStack()
+        if not (enabled and sys.stderr.isatty() and first <= epochs):
+            return
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self.stack.enter_context(logging_redirect_tqdm())  # log lines print above the bars, never inside them
+        self.bar = tqdm(total=epochs, initial=first - 1, desc=kind, unit="epoch", position=0)
+        self.steps = tqdm(total=0, desc="steps", unit="step", position=1, leave=False)
+
+    def on_step(self, step: int, total: int) -> None:
+        if self.steps is not None:
+            if step == 1:
+                self.steps.reset(total=total)
+            self.steps.n = step
+            self.steps.refresh() if step == total else self.steps.update(0)
+
+    def epoch_done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        for bar in (self.steps, self.bar):
+            if bar is not None:
+                bar.close()
+        self.stack.close()
+
+
+def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callbacks: list[Callback] | tuple[Callback, ...] = (),
+        runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `trainer` on `data` for `settings.epochs` epochs, selecting each member's best epoch; writes into `out`
+    checkpoint.pt (every epoch), metrics.json, and generator.pt per member (in member_<k>/ when there are several)."""
+    if settings.selection not in CRITERIA:
+        raise ConfigError(f"selection: {settings.selection!r} is not one of {', '.join(CRITERIA)}")
+    criterion, higher = CRITERIA[settings.selection]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    K = int(trainer.members)
+    val_labels = np.asarray(data.val_labels)
+    val_normal = val_labels == 0
+    if not val_normal.any():
+        raise CheckpointError("the validation split holds no normal beats; cannot select a model")
+    device = next(trainer.generator(0).parameters()).device
+    trainer.set_train_data(data.train_x)
+    val_x = data.val_x.to(device, torch.float32)
+    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.json"
+    histories: list[list[dict[str, Any]]] = [[] for _ in range(K)]
+    best: list[float | None] = [None] * K
+    best_epoch, thresholds = [0] * K, [None] * K
+    control, first = Control(K), 1
+    if settings.resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resumable(ckpt, settings, data, ckpt_path)
+        trainer.load_state_dict(ckpt["trainer"])
+        sel = ckpt["selection_state"]
+        histories, best, best_epoch, thresholds = sel["histories"], sel["best"], sel["best_epoch"], sel["thresholds"]
+        control = Control(K, sel["stopped"])
+        _apply_stops(trainer, control)
+        first = ckpt["epoch"] + 1
+        log.info("resuming %s at epoch %d (best %s %s)", ckpt_path, first, criterion, best if K > 1 else best[0])
+
+    def member_summary(k: int) -> dict[str, Any]:
+        summary = {
+            "kind": settings.kind, "selection": settings.selection, "criterion": criterion, "best_metric": best[k],
+            "best_epoch": best_epoch[k], "threshold": thresholds[k], "threshold_rule": settings.threshold_rule,
+            "epochs": len(histories[k]), "stopped": control.stopped[k], "history": histories[k],
+            "runtime": runtime or {}, "n_train": int(data.train_x.shape[0]), "n_val": int(val_x.shape[0]),
+            "dataset_hash": data.dataset_hash, "split_hash": data.split_hash, "protocol": data.protocol, "fold": data.fold,
+            "config": settings.config,
+        }
+        if settings.member_configs is not None:
+            summary["member_config"] = settings.member_configs[k]
+        return summary
+
+    def write_metrics() -> None:
+        write_json(metrics_path, member_summary(0) if K == 1 else {"members": [member_summary(k) for k in range(K)]})
+
+    for cb in callbacks:
+        cb.on_fit_start({"out": str(out), "members": K, "first_epoch": first, "epochs": settings.epochs, "criterion": criterion,
+                         "config": settings.config, "member_configs": settings.member_configs, "dataset_hash": data.dataset_hash,
+                         "split_hash": data.split_hash, "protocol": data.protocol, "fold": data.fold})
+    progress = _Progress(settings.progress, first, settings.epochs, settings.kind)
+    try:
+        for epoch in range(first, settings.epochs + 1):
+            if all(not control.active(k) for k in range(K)):
+                log.info("every member has stopped; ending at epoch %d", epoch - 1)
+                break
+            started = time.perf_counter()
+            losses = trainer.train_epoch(progress.on_step)
+            scores = np.asarray(trainer.score(val_x, settings.eval_batch_size)).reshape(K, -1)
+            rows: list[dict[str, Any] | None] = []
+            for k in range(K):
+                if not control.active(k):
+                    rows.append(None)
+                    continue
+                row = {"epoch": epoch, **{name: _member_value(v, k) for name, v in losses.items()}}
+                row.update(_validation(scores[k], val_labels, val_normal))
+                value = row[criterion]
+                improved = False
+                if value is None or not math.isfinite(value):
+                    log.warning("epoch %d%s: %s is %s (the model diverged?); this epoch is not considered for selection",
+                                epoch, f" member {k}" if K > 1 else "", criterion, value)
+                else:
+                    improved = best[k] is None or (value > best[k] if higher else value < best[k])
+                if improved:
+                    best[k], best_epoch[k] = value, epoch
+                    thresholds[k] = _threshold(scores[k], val_labels, settings.threshold_rule, settings.threshold_far) \
+                        if settings.threshold_rule != "f1" or not val_normal.all() else None
+                    member_dir = _member_dir(out, K, k)
+                    member_dir.mkdir(parents=True, exist_ok=True)
+                    save_generator(member_dir / "generator.pt", trainer.generator(k), kind=settings.kind, selection=settings.selection,
+                                   criterion=criterion, metric=value, epoch=epoch, config=settings.config,
+                                   member_config=(settings.member_configs or [None] * K)[k], dataset_hash=data.dataset_hash,
+                                   split_hash=data.split_hash, protocol=data.protocol, fold=data.fold,
+                                   threshold=thresholds[k], threshold_rule=settings.threshold_rule)
+                row["improved"] = improved
+                row["epoch_seconds"] = time.perf_counter() - started
+                histories[k].append(row)
+                rows.append(row)
+                log.info("epoch %d%s: %s %s %.6g%s, %.1f s, %.0f beats/s", epoch, f" member {k}" if K > 1 else "",
+                         " ".join(f"{n} {row[n]:.4g}" for n in trainer.loss_names if isinstance(row.get(n), float)),
+                         criterion, value if value is not None else math.nan, " (best)" if improved else "",
+                         row["epoch_seconds"], row.get("beats_per_s", math.nan))
+            progress.epoch_done()
+            try:
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, rows, control)
+            finally:
+                _apply_stops(trainer, control)
+                save_checkpoint(ckpt_path, trainer=trainer.state_dict(), kind=settings.kind, config=settings.config, epoch=epoch,
+                                selection=settings.selection, criterion=criterion, dataset_hash=data.dataset_hash,
+                                split_hash=data.split_hash, selection_state={"histories": histories, "best": best, "best_epoch": best_epoch,
+                                                                            "thresholds": thresholds, "stopped": control.stopped})
+                write_metrics()
+    finally:
+        progress.close()
+    write_metrics()
+    if not any(histories):
+        raise CheckpointError(f"{out}: no epoch was trained (epochs={settings.epochs}) and no generator.pt exists")
+    results = []
+    for k in range(K):
+        summary = {key: v for key, v in member_summary(k).items() if key != "history"}
+        summary.update(generator=str(_member_dir(out, K, k) / "generator.pt") if best[k] is not None else None)
+        results.append(summary)
+    if all(b is None for b in best):
+        raise CheckpointError(f"{out}: none of the {max(len(h) for h in histories)} epoch(s) had a finite {criterion}, so no model "
+                              f"was selected and this run wrote no generator.pt (history in {metrics_path.name})")
+    result = {**results[0], "checkpoint": str(ckpt_path), "metrics": str(metrics_path)} if K == 1 else \
+        {"members": results, "checkpoint": str(ckpt_path), "metrics": str(metrics_path)}
+    for cb in callbacks:
+        cb.on_fit_end(result)
+    return result
+
+
+def _member_value(value: Any, k: int) -> Any:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        v = value[k]
+        return float(v) if isinstance(v, (float, np.floating)) else (int(v) if isinstance(v, (int, np.integer)) else v)
+    return value
+
+
+def _validation(scores: np.ndarray, labels: np.ndarray, normal: np.ndarray) -> dict[str, Any]:
+    """Label-free and labelled validation values of one member's scores (NaN scores give NaN values)."""
+    from sibeatgan.metrics import ranked_metrics
+
+    finite = bool(np.isfinite(scores).all())
+    row: dict[str, Any] = {"val_normal_mse": float(scores[normal].mean())}
+    if normal.all():
+        row["val_auc"] = None
+    else:  # a ranking with NaN scores in it means nothing, so such an AUC is NaN too
+        row["val_auc"] = ranked_metrics(scores, ~normal)["auc"] if finite else math.nan
+    return row
+
+
+def _apply_stops(trainer: Any, control: Control) -> None:
+    """Tell a trainer of several members which ones still train (a single model just stops with the loop)."""
+    if hasattr(trainer, "set_active"):
+        trainer.set_active([control.active(k) for k in range(len(control.stopped))])

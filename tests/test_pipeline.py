@@ -1,0 +1,203 @@
+"""The compiled pipeline stays current and carries the cluster settings; the components' library helpers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILED = ROOT / "pipelines" / "si_beatgan.yaml"
+
+
+def _spec() -> tuple[dict, dict]:
+    pipeline, platform = yaml.safe_load_all(COMPILED.read_text())
+    return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_compiled_yaml_is_current(tmp_path: Path) -> None:
+    """Golden test: recompiling pipelines/si_beatgan.py gives the committed YAML byte for byte."""
+    from kfp import compiler
+
+    from pipelines.si_beatgan import si_beatgan
+
+    fresh = tmp_path / "si_beatgan.yaml"
+    compiler.Compiler().compile(si_beatgan, str(fresh))
+    assert fresh.read_text() == COMPILED.read_text(), (
+        "pipelines/si_beatgan.yaml is stale: run `python -m pipelines.si_beatgan` and commit it")
+
+
+def test_module_main_writes_the_yaml(tmp_path: Path) -> None:
+    """`python -m pipelines.si_beatgan` (the documented command) compiles into pipelines/si_beatgan.yaml."""
+    before = COMPILED.read_bytes()
+    try:
+        subprocess.run([sys.executable, "-m", "pipelines.si_beatgan"], cwd=ROOT, check=True, timeout=120)
+        assert COMPILED.read_bytes() == before
+    finally:
+        COMPILED.write_bytes(before)  # a test leaves the committed file as it found it
+
+
+def test_every_component_runs_on_the_versioned_image_without_installs() -> None:
+    from components import IMAGE
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert IMAGE == f"ghcr.io/si-beatgan/sibeatgan:{version}"
+    pipeline, _ = _spec()
+    executors = pipeline["deploymentSpec"]["executors"]
+    assert {"exec-ingest", "exec-validate-records", "exec-preprocess", "exec-validate-beats", "exec-plan-runs",
+            "exec-train-teacher", "exec-evaluate"} <= set(executors)
+    for name, ex in executors.items():
+        assert ex["container"]["image"] == IMAGE, name
+        command = " ".join(ex["container"]["command"] + ex["container"].get("args", []))
+        assert "pip install" not in command, f"{name} installs packages at run time"
+
+
+def test_typed_artifacts_between_steps() -> None:
+    pipeline, _ = _spec()
+    comps = pipeline["components"]
+
+    def outputs(comp: str) -> dict[str, str]:
+        arts = comps[comp]["outputDefinitions"].get("artifacts", {})
+        return {k: v["artifactType"]["schemaTitle"] for k, v in arts.items()}
+
+    assert outputs("comp-ingest") == {"records": "system.Dataset"}
+    assert outputs("comp-validate-records") == {"report": "system.HTML"}
+    assert outputs("comp-preprocess") == {"beats": "system.Dataset"}
+    assert outputs("comp-train-teacher") == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs("comp-evaluate") == {"metrics": "system.Metrics", "roc": "system.ClassificationMetrics",
+                                        "summary": "system.Markdown", "evaluation": "system.Artifact"}
+
+
+def test_gates_come_before_training_and_steps_are_set_deliberately() -> None:
+    pipeline, _ = _spec()
+    root = pipeline["root"]["dag"]["tasks"]
+    assert "validate-records" in root["preprocess"]["dependentTasks"]
+    loop = pipeline["components"]["comp-for-loop-1"]["dag"]["tasks"]
+    assert "validate-beats" in pipeline["root"]["dag"]["tasks"]["for-loop-1"]["dependentTasks"]
+    train = loop["train-teacher"]
+    assert train["retryPolicy"]["maxRetryCount"] == 3
+    assert not train.get("cachingOptions", {}).get("enableCache"), "a per-run checkpoint key: never a cache hit"
+    assert root["ingest"]["cachingOptions"]["enableCache"] is True
+    assert root["ingest"]["retryPolicy"]["maxRetryCount"] == 2
+    for name in ("validate-records", "validate-beats", "preprocess"):
+        assert "retryPolicy" not in root[name], f"{name} fails the same way again: no retries"
+    assert pipeline["root"]["dag"]["tasks"]["for-loop-1"]["parameterIterator"]["items"]["inputParameter"]
+    resources = pipeline["deploymentSpec"]["executors"]["exec-train-teacher"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert int(resources["accelerator"]["resourceCount"]) == 1
+
+
+def test_gpu_pool_secrets_and_checkpoint_volume() -> None:
+    from pipelines.si_beatgan import CHECKPOINT_MOUNT, SECRETS
+
+    pipeline, k8s = _spec()
+    train = k8s["exec-train-teacher"]
+    assert train["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "pipelinechannel--gpu_type"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
+    assert train["pvcMount"][0]["mountPath"] == CHECKPOINT_MOUNT
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert params["checkpoint_root"]["defaultValue"].startswith(CHECKPOINT_MOUNT)
+    assert params["gpu_type"]["defaultValue"] == {"sibeatgan.io/node-pool": "gpu"}
+    secret_name, keys = SECRETS["s3"]
+    env = k8s["exec-ingest"]["secretAsEnv"][0]
+    assert env["secretName"] == secret_name
+    assert {k["secretKey"] for k in env["keyToEnv"]} == set(keys)
+    assert not any(w in p.lower() for p in params for w in ("password", "secret", "access_key", "token")), \
+        "credentials come from Kubernetes secrets, never parameters"
+
+
+def test_step_config_reads_sections_and_typed_overrides() -> None:
+    from sibeatgan.config import EvaluateConfig, TeacherConfig
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.pipeline import step_config
+
+    text = "teacher:\n  lambda_fm: 0.5\n  epochs: 7\nevaluate:\n  n_bootstrap: 10\n"
+    conf = step_config(TeacherConfig, text, epochs=3, fold=2, device=None)
+    assert (conf.lambda_fm, conf.epochs, conf.fold, conf.device) == (0.5, 3, 2, "auto")
+    assert step_config(EvaluateConfig, text).n_bootstrap == 10
+    assert step_config(TeacherConfig, "").epochs == TeacherConfig().epochs
+    with pytest.raises(ConfigError, match="config_yaml: unknown section"):
+        step_config(TeacherConfig, "trainer:\n  epochs: 3\nteacher: {}\n")
+    with pytest.raises(ConfigError, match="TeacherConfig.epochs"):
+        step_config(TeacherConfig, "teacher:\n  epochs: many\n")
+
+
+def test_run_grid() -> None:
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.pipeline import run_grid
+
+    assert run_grid([0.0, 1.0], [7]) == [{"fold": 0, "seed": 7}, {"fold": 1, "seed": 7}]
+    assert len(run_grid(range(5), [0, 1, 2])) == 15
+    for folds, seeds in (([], [0]), ([0, 0], [1]), ([0.5], [0]), ([0], [-1])):
+        with pytest.raises(ConfigError):
+            run_grid(folds, seeds)
+
+
+def test_roc_points_are_finite_thinned_and_monotone() -> None:
+    from sklearn.metrics import auc
+
+    from sibeatgan.pipeline import roc_points
+
+    rng = np.random.default_rng(0)
+    labels = rng.random(5000) < 0.2
+    scores = rng.normal(size=5000) + labels
+    fpr, tpr, thr = roc_points(scores, labels, max_points=100)
+    assert len(fpr) == len(tpr) == len(thr) <= 100
+    assert np.isfinite(thr).all() and fpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    from sklearn.metrics import roc_auc_score
+
+    assert abs(auc(fpr, tpr) - roc_auc_score(labels, scores)) < 0.01
+
+
+def test_train_component_resumes_from_its_checkpoint(synth_dataset: Path, tmp_path: Path) -> None:
+    """A retried teacher task (same run id) continues from the checkpoint on the volume, not from epoch 1."""
+    import json
+
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from components import train_teacher
+
+    conf = "teacher:\n  max_train_beats: 64\n  batch_size: 64\n  cuda_graph: false\n"
+    args = dict(fold=0, seed=0, config_yaml=conf, device="cpu", checkpoint_root=str(tmp_path / "ckpt"), run_id="run-1")
+    first = Model(uri=str(tmp_path / "attempt1" / "model"))
+    train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=first, metrics=Metrics(uri=str(tmp_path / "m1")), epochs=1, **args)
+    work = tmp_path / "ckpt" / "run-1" / "fold0-seed0"
+    assert (work / "checkpoint.pt").is_file() and (Path(first.path) / "generator.pt").is_file()
+    history1 = json.loads((work / "metrics.json").read_text())["history"]
+
+    second = Model(uri=str(tmp_path / "attempt2" / "model"))
+    metrics = Metrics(uri=str(tmp_path / "m2"))
+    train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=second, metrics=metrics, epochs=2, **args)
+    history2 = json.loads((Path(second.path) / "metrics.json").read_text())["history"]
+    assert len(history2) == 2 and history2[0] == history1[0], "the second attempt resumed after epoch 1"
+    assert metrics.metadata["epochs"] == 2 and second.metadata["fold"] == 0 and second.metadata["kind"] == "teacher"
+
+
+def test_library_does_not_import_kfp() -> None:
+    """sibeatgan (its CLI and sibeatgan.pipeline included) imports kfp only inside run_pipeline_local."""
+    code = "import sys, sibeatgan.cli, sibeatgan.pipeline; sys.exit('kfp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+def test_train_component_fails_loudly_without_cuda(synth_dataset: Path, tmp_path: Path) -> None:
+    """The cluster default device=cuda refuses to fall back to the CPU on a node without a GPU."""
+    import torch
+    from kfp.dsl import Dataset, Metrics, Model
+
+    from components import train_teacher
+    from sibeatgan.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=Model(uri=str(tmp_path / "model")),
+                                  metrics=Metrics(uri=str(tmp_path / "m")), fold=0, seed=0, epochs=1, device="cuda")
+    assert not (tmp_path / "model" / "generator.pt").exists()
