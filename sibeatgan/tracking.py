@@ -432,3 +432,43 @@ def plot_reconstructions(generator: Any, beats: Any, labels: Any, scores: Any, p
     with atomic_open(path) as fh:
         fig.savefig(fh, format="png", dpi=100)
     return Path(path)
+
+
+class MemberTrials:
+    """Training-loop callback for K batched members, each an Optuna trial: member k's rows go to `trackers[k]`
+    (from `trial_run`); a member the loop stops is ended as pruned, the others as complete at the end."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+        self.ended = [False] * len(trackers)
+
+    def on_fit_start(self, info: dict[str, Any]) -> None:
+        for k, t in enumerate(self.trackers):
+            if info.get("member_configs"):
+                t.log_params(flatten(info["member_configs"][k], "model."))
+            if info.get("dataset_hash"):
+                t.log_dataset(info["dataset_hash"], info.get("split_hash"), context="training")
+            t.flush()
+
+    def on_epoch_end(self, epoch: int, rows: list[dict[str, Any] | None], control: Any = None) -> None:
+        for k, (t, row) in enumerate(zip(self.trackers, rows)):
+            if row is not None and not self.ended[k]:
+                t.on_epoch_end(epoch, row)
+            stopped = control.stopped[k] if control is not None else None
+            if stopped and not self.ended[k]:
+                self.ended[k] = True
+                end_trial(t, "pruned")
+
+    def on_fit_end(self, result: dict[str, Any]) -> None:
+        members = result.get("members") or [result]
+        for k, t in enumerate(self.trackers):
+            if not self.ended[k]:
+                self.ended[k] = True
+                end_trial(t, "complete", members[k].get("best_metric") if k < len(members) else None)
+
+    def fail(self) -> None:
+        """End every member still open as failed (call when fit raises)."""
+        for k, t in enumerate(self.trackers):
+            if not self.ended[k]:
+                self.ended[k] = True
+                end_trial(t, "failed")

@@ -225,3 +225,27 @@ def test_optuna_study_parent_with_trials_from_two_workers(mlflow_env, tmp_path: 
         assert (run.data.tags["optuna.state"], run.info.status) == (state, status)
         assert float(run.data.params["x"]) == pytest.approx(trial.params["x"])
         assert _steps(client, run.info.run_id, "val_auc") == list(range(1, last + 1))
+
+
+def test_batched_members_are_nested_trials(tmp_path: Path) -> None:
+    """Driven as the training loop drives it: member 1 stopped (pruned) after epoch 1, member 0 runs to the end."""
+    from types import SimpleNamespace
+
+    from sibeatgan.tracking import MemberTrials
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    parent = study_run(uri, tmp_path / "study", "batched", experiment="batched")
+    trials = MemberTrials([trial_run(parent, uri, tmp_path / f"t{k}", k, {"lambda_fm": k + 1}, experiment="batched") for k in range(2)])
+    trials.on_fit_start({"member_configs": [{"lambda_fm": 1.0}, {"lambda_fm": 2.0}], "dataset_hash": "a" * 64, "split_hash": "b" * 64})
+    control = SimpleNamespace(stopped=[None, None])
+    trials.on_epoch_end(1, [{"val_auc": 0.8}, {"val_auc": 0.6}], control)
+    control.stopped[1] = "pruned"
+    trials.on_epoch_end(2, [{"val_auc": 0.85}, None], control)
+    trials.on_fit_end({"members": [{"best_metric": 0.85}, {"best_metric": 0.6}]})
+    client = _client(uri)
+    runs = {r.data.tags["optuna.trial"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("batched").experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
+    assert (runs["0"].info.status, runs["0"].data.tags["optuna.state"], runs["0"].data.metrics["objective"]) == ("FINISHED", "complete", 0.85)
+    assert (runs["1"].info.status, runs["1"].data.tags["optuna.state"]) == ("KILLED", "pruned")
+    assert _steps(client, runs["0"].info.run_id, "val_auc") == [1, 2] and _steps(client, runs["1"].info.run_id, "val_auc") == [1]
+    assert runs["1"].data.params["model.lambda_fm"] == "2.0"
