@@ -307,6 +307,85 @@ def demo(
     typer.echo(f"demo outputs in {out}: {json.dumps(result)}")
 
 
+# --- MLflow: score, register, promote, track-sync (sibeatgan.score, sibeatgan.registry, sibeatgan.tracking) ---
+
+
+@app.command()
+def score(
+    record: Path = typer.Argument(..., help="WFDB record: folder/name (with or without .hea)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model URI, e.g. models:/si-beatgan@production, runs:/ID/model or a folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for scores.csv, scores.png and summary.json."),
+    threshold: Optional[float] = typer.Option(None, help="Override the model's threshold."),
+) -> None:
+    """Score a WFDB record's beats (annotations when present, detected R peaks otherwise): a table and a plot."""
+    from sibeatgan.score import run_score
+
+    t = time.perf_counter()
+    result = run_score(model, record, out, threshold)
+    _done("score", t, result, ("n_beats", "n_anomalous", "beats_from"))
+
+
+@app.command()
+def register(
+    generator: Path = typer.Option(..., "--generator", "-g", help="generator.pt (or its training folder)."),
+    evaluation: Path = typer.Option(..., "--evaluation", "-e", help="Folder written by `sibeatgan evaluate`."),
+    dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder the model was evaluated on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the local copy (model, scores, lineage)."),
+    fold: Optional[int] = typer.Option(None, help="Which fold's evaluation (default: the model's)."),
+    validation: Optional[Path] = typer.Option(None, help="validation.json of the validate gate (its status becomes a tag)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Log the model (pyfunc), its evaluation and lineage, register it and give it alias `staging`."""
+    from sibeatgan.registry import run_register
+
+    t = time.perf_counter()
+    gen = generator / "generator.pt" if generator.is_dir() else generator
+    result = run_register(_config(cfg.TrackingConfig, config, set_), gen, evaluation, dataset, out, fold, validation)
+    _done("register", t, result, ("name", "version", "auc"))
+    typer.echo(json.dumps(result))
+
+
+@app.command()
+def promote(
+    name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: tracking.model_name, si-beatgan)."),
+    from_alias: str = typer.Option("staging", "--from", help="Alias of the candidate."),
+    to_alias: str = typer.Option("production", "--to", help="Alias to move."),
+    rollback: bool = typer.Option(False, "--rollback", help="Give --to back to the version at alias `previous`."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Move an alias through the gate (a paired comparison on the same beats), or roll it back; credentials come
+    from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+    from sibeatgan import registry
+
+    conf = _config(cfg.TrackingConfig, config, set_)
+    name = name or conf.model_name
+    try:
+        if rollback:
+            result = registry.rollback(name, to_alias, conf.tracking_uri)
+        else:
+            result = registry.promote(name, from_alias, to_alias, conf.tracking_uri, conf.n_bootstrap, conf.alpha, conf.seed)
+    except registry.PromotionRefused as err:
+        typer.echo(str(err), err=True)
+        sys.exit(1)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("track-sync")
+def track_sync(
+    journal: Path = typer.Argument(..., help="A step's tracking folder (journal.jsonl + state.json)."),
+    uri: Optional[str] = typer.Option(None, help="Send to this tracking URI instead of the one the step used."),
+) -> None:
+    """Send what a step could not send to MLflow (its server was away); safe to repeat."""
+    from sibeatgan.tracking import sync
+
+    t = sync(journal, uri)
+    if t.pending:
+        raise SibeatganError(f"{t.pending} record(s) of {journal} are still unsent to {t.uri}")
+    typer.echo(f"{journal}: all sent (run {t.run_id})")
+
+
 def main() -> None:
     """Entry point: clear one-line errors for bad input instead of tracebacks; a failed command
     removes the --out folder it created if nothing was written into it."""

@@ -422,3 +422,20 @@ SECTIONS: dict[str, type] = {
     "demo": DemoConfig,
 }
 SECTIONS_BY_CLASS: dict[type, str] = {v: k for k, v in SECTIONS.items()}
+
+
+class TrackingConfig(Section):
+    """MLflow tracking, registry and promotion (credentials only from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<output root>/mlruns.db
+    experiment: str = "si-beatgan"
+    retries: int = 3  # sends of the journal at the end of a step before a warning
+    http_timeout_s: float = 15.0  # a refused connection fails at once; a busy server gets this long
+    model_name: str = "si-beatgan"
+    n_bootstrap: int = 1000  # promotion gate: record-level paired bootstrap
+    alpha: float = 0.05  # the candidate is "worse" when its AUC is lower with p < alpha
+    seed: int = 0
+
+
+SECTIONS["tracking"] = TrackingConfig
+SECTIONS_BY_CLASS[TrackingConfig] = "tracking"

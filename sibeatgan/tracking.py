@@ -1,0 +1,474 @@
+"""MLflow tracking for any step, local first: every call is journaled in the step's output folder, then sent.
+
+A `Tracker` is one MLflow run. Params, per-epoch metrics (`on_epoch_end(epoch, row)`, the training loop's
+callback), tags, artifacts and dataset lineage are appended to `<local_dir>/journal.jsonl` before they are
+sent, and `state.json` records how far the server has them. A server that is away (at start, or restarted
+mid-run) never fails the step: what is unsent stays in the journal, is retried at each flush and at the end,
+and a clear warning names the journal; `sync(local_dir)` (CLI `sibeatgan track-sync`) sends it later.
+Optuna: `study_run` makes a study's parent run, `trial_run` a nested child per trial (process-safe: each
+trial has its own journal and talks to the server through MlflowClient, with no global active run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from sibeatgan.files import write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "si-beatgan"
+TRIAL_STATES = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+_MAX_PARAMS, _MAX_METRICS = 100, 1000  # per log_batch request (MLflow's limits)
+
+
+def tracking_uri(config: Any, out_root: str | Path) -> str:
+    """The configured URI, else the local SQLite store `<out_root>/mlruns.db`."""
+    uri = getattr(config, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path(out_root).resolve() / 'mlruns.db'}"
+
+
+def client_env(http_timeout_s: float = 15, http_retries: int = 1) -> None:
+    """Telemetry off and short HTTP timeouts/retries (unless the user set them): a step learns in seconds that the
+    server is away, and our own retries (with the journal) take over from MLflow's minutes of backoff."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(http_timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(http_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """A (nested) config or dict as flat MLflow params: `{"teacher.lr": "0.0001", "records": "100,101"}`."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = dataclasses.asdict(data)
+    elif hasattr(data, "model_dump"):
+        data = data.model_dump()
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    key = prefix.rstrip(".")
+    if isinstance(data, (list, tuple)):
+        out[key] = ",".join(map(str, data))
+    else:
+        out[key] = str(data)
+    return out
+
+
+def run_tags(device: str | None = None, protocol: str | None = None, **extra: Any) -> dict[str, str]:
+    """Provenance tags: git commit, package version, container image (env SIBEATGAN_IMAGE), device, protocol."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    commit = os.environ.get("SIBEATGAN_GIT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                    text=True, timeout=5, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"
+    try:
+        pkg = version("sibeatgan")
+    except PackageNotFoundError:
+        pkg = "unknown"
+    tags = {"git_commit": commit, "mlflow.source.git.commit": commit, "sibeatgan_version": pkg,
+            "image": os.environ.get("SIBEATGAN_IMAGE", "unknown")}
+    if device:
+        tags["device"] = str(device)
+    if protocol:
+        tags["protocol"] = str(protocol)
+    tags.update({k: str(v) for k, v in extra.items() if v is not None})
+    return tags
+
+
+class Tracker:
+    """One MLflow run, journaled locally first and sent with retries; never raises because of the server."""
+
+    def __init__(self, local_dir: str | Path, uri: str, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+                 tags: dict[str, str] | None = None, parent_run_id: str | None = None, retries: int = 3,
+                 backoff_s: float = 1.0, http_timeout_s: float = 15.0, artifact_location: str | None = None) -> None:
+        self.dir = Path(local_dir)
+        self.uri, self.experiment, self.run_name = uri, experiment, run_name
+        self.retries, self.backoff_s, self.http_timeout_s = retries, backoff_s, http_timeout_s
+        self.artifact_location = artifact_location
+        self.journal, self.state_path = self.dir / "journal.jsonl", self.dir / "state.json"
+        self.state: dict[str, Any] = {"uri": uri, "experiment": experiment, "run_name": run_name, "parent_run_id": parent_run_id,
+                                      "run_id": None, "sent": 0}
+        self._tags = dict(tags or {})
+        if parent_run_id:
+            self._tags["mlflow.parentRunId"] = parent_run_id
+        self._ops: list[dict[str, Any]] = []
+        self._warned = False
+        self._client: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, local_dir: str | Path, uri: str | None = None, **kwargs: Any) -> Tracker:
+        """A tracker over an existing journal (to send what is still unsent)."""
+        local = Path(local_dir)
+        state = json.loads((local / "state.json").read_text())
+        t = cls(local, uri or state["uri"], state["experiment"], state["run_name"], parent_run_id=state.get("parent_run_id"), **kwargs)
+        t.state.update({k: state[k] for k in ("run_id", "sent")})
+        if uri and uri != state["uri"]:
+            t.state.update(run_id=None, sent=0)  # another server: the whole journal goes to a new run
+        t._ops = [json.loads(line) for line in t.journal.read_text().splitlines() if line.strip()]
+        return t
+
+    def start(self) -> Tracker:
+        """Open the journal and try to create the run; a server that is away only delays sending."""
+        client_env(self.http_timeout_s)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.journal.exists() and self.state_path.exists():
+            old = json.loads(self.state_path.read_text())
+            if old.get("run_id") and old.get("uri") == self.uri:
+                self.state.update(run_id=old["run_id"], sent=old["sent"])
+                self._ops = [json.loads(line) for line in self.journal.read_text().splitlines() if line.strip()]
+            else:
+                self.journal.unlink()
+        self._save_state()
+        self._append({"op": "tags", "data": self._tags})
+        self.flush()
+        return self
+
+    def __enter__(self) -> Tracker:
+        return self.start()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.finish("FAILED" if exc_type else "FINISHED")
+
+    @property
+    def run_id(self) -> str | None:
+        return self.state["run_id"]
+
+    @property
+    def pending(self) -> int:
+        return len(self._ops) - self.state["sent"]
+
+    # -- what a step logs ------------------------------------------------------------------------------------
+    def log_params(self, params: Any) -> None:
+        """A typed config or a (nested) dict, flattened to `a.b` keys."""
+        self._append({"op": "params", "data": flatten(params)})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._append({"op": "tags", "data": {k: str(v) for k, v in tags.items()}})
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if values:
+            self._append({"op": "metrics", "data": values, "step": int(step or 0), "ts": int(time.time() * 1000)})
+
+    def on_fit_start(self, info: dict[str, Any]) -> None:
+        """Training-loop callback: the trained config as params, the dataset and split as lineage, the protocol as a tag."""
+        if info.get("config"):
+            self.log_params(flatten(info["config"], "model."))
+        if info.get("dataset_hash"):
+            self.log_dataset(info["dataset_hash"], info.get("split_hash"), context="training")
+        self.set_tags({k: info[k] for k in ("protocol", "fold", "criterion", "members") if info.get(k) is not None})
+        self.flush()
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any] | list[dict[str, Any] | None], control: Any = None) -> None:
+        """Per-epoch callback: every numeric value of the row at step `epoch`, then a send. The training loop's
+        form (a list of member rows, None once a member stopped) logs one member as is, several as `m<k>.<key>`."""
+        rows = row if isinstance(row, list) else [row]
+        if len(rows) == 1:
+            if rows[0] is not None:
+                self.log_metrics({k: v for k, v in rows[0].items() if k != "epoch"}, step=epoch)
+        else:
+            self.log_metrics({f"m{k}.{key}": v for k, r in enumerate(rows) if r is not None for key, v in r.items() if key != "epoch"},
+                             step=epoch)
+        self.flush()
+
+    def on_fit_end(self, result: dict[str, Any]) -> None:
+        """Training-loop callback: the selected epoch and its metric and threshold."""
+        self.log_metrics({k: result[k] for k in ("best_epoch", "best_metric", "threshold") if k in result})
+        self.flush()
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file or folder already written locally (the local copy is the one kept if the upload fails)."""
+        self._append({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def log_dataset(self, content_hash: str, split_hash: str | None = None, name: str = "beats", source: str = "",
+                    context: str = "training", profile: dict[str, Any] | None = None) -> None:
+        """Lineage: an MLflow dataset input whose digest is the content hash (first 32 hex, the column's width;
+        the full hash is in its profile and the `dataset_hash` tag) with the split hash as an input tag."""
+        self._append({"op": "input", "name": name, "digest": content_hash, "split_hash": split_hash, "source": source,
+                      "context": context, "profile": profile or {}})
+        self.set_tags({"dataset_hash": content_hash, **({"split_hash": split_hash} if split_hash else {})})
+
+    def finish(self, status: str = "FINISHED") -> bool:
+        """End the run; True when the server has everything, else a warning names the journal (nothing is lost)."""
+        self._append({"op": "end", "status": status})
+        return self.flush(final=True)
+
+    # -- journal and sending ---------------------------------------------------------------------------------
+    def _append(self, op: dict[str, Any]) -> None:
+        self._ops.append(op)
+        try:
+            with open(self.journal, "a") as fh:
+                fh.write(json.dumps(op) + "\n")
+        except OSError as err:
+            log.warning("tracking: cannot append to %s (%s); the op is kept in memory only", self.journal, err)
+
+    def _save_state(self) -> None:
+        try:
+            write_json(self.state_path, self.state)
+        except OSError as err:
+            log.warning("tracking: cannot write %s (%s)", self.state_path, err)
+
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    def _experiment_id(self) -> str:
+        c = self.client()
+        exp = c.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.artifact_location
+        if location is None and self.uri.startswith("sqlite:///"):
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        try:
+            # the UI then opens it on its runs (model training), not on the GenAI traces overview
+            return c.create_experiment(self.experiment, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
+        except Exception:  # noqa: BLE001 - created meanwhile by another process
+            exp = c.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _send(self, op: dict[str, Any]) -> None:
+        from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+
+        c, run_id = self.client(), self.state["run_id"]
+        kind = op["op"]
+        if kind == "params":
+            items = [Param(k, v[:6000]) for k, v in op["data"].items()]
+            for i in range(0, len(items), _MAX_PARAMS):
+                c.log_batch(run_id, params=items[i : i + _MAX_PARAMS], synchronous=True)
+        elif kind == "tags":
+            items = [RunTag(k, v) for k, v in op["data"].items()]
+            for i in range(0, len(items), _MAX_PARAMS):
+                c.log_batch(run_id, tags=items[i : i + _MAX_PARAMS], synchronous=True)
+        elif kind == "metrics":
+            items = [Metric(k, v, op["ts"], op["step"]) for k, v in op["data"].items()]
+            for i in range(0, len(items), _MAX_METRICS):
+                c.log_batch(run_id, metrics=items[i : i + _MAX_METRICS], synchronous=True)
+        elif kind == "artifact":
+            path = Path(op["path"])
+            if not path.exists():
+                log.warning("tracking: artifact %s no longer exists; skipped", path)
+            elif path.is_dir():
+                c.log_artifacts(run_id, str(path), op["artifact_path"])
+            else:
+                c.log_artifact(run_id, str(path), op["artifact_path"])
+        elif kind == "input":
+            from mlflow.entities import Dataset
+
+            profile = json.dumps({"content_hash": op["digest"], "split_hash": op["split_hash"], **op["profile"]})
+            ds = Dataset(name=op["name"], digest=op["digest"][:32], source_type="local", source=json.dumps({"uri": op["source"]}),
+                         profile=profile)
+            tags = [InputTag("mlflow.data.context", op["context"])]
+            if op["split_hash"]:
+                tags.append(InputTag("split_hash", op["split_hash"]))
+            c.log_inputs(run_id, datasets=[DatasetInput(ds, tags)])
+        elif kind == "end":
+            c.set_terminated(run_id, op["status"])
+        else:
+            raise ValueError(f"unknown journal op {kind!r}")
+
+    def _send_pending(self) -> None:
+        if self.state["run_id"] is None:
+            run = self.client().create_run(self._experiment_id(), run_name=self.run_name, tags={})
+            self.state["run_id"] = run.info.run_id
+            self._save_state()
+            log.info("tracking: run %s in experiment %r at %s", run.info.run_id, self.experiment, self.uri)
+        from mlflow.exceptions import MlflowException
+
+        while self.state["sent"] < len(self._ops):
+            op = self._ops[self.state["sent"]]
+            try:
+                self._send(op)
+            except MlflowException as err:  # a record the server refuses for good (e.g. a param logged twice with another value)
+                if err.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"):
+                    raise
+                log.warning("tracking: %s refused a %s record for good (%s); skipped", self.uri, op["op"], str(err).splitlines()[0][:200])
+            self.state["sent"] += 1
+            self._save_state()
+
+    def flush(self, final: bool = False) -> bool:
+        """Send what is unsent; with `final`, retry `retries` times with backoff, then warn. True when all is sent."""
+        attempts = self.retries + 1 if final else 1
+        for attempt in range(attempts):
+            try:
+                self._send_pending()
+                if self._warned:
+                    log.warning("tracking: %s is reachable again; the journal is sent (run %s)", self.uri, self.run_id)
+                    self._warned = False
+                return True
+            except Exception as err:  # noqa: BLE001 - tracking never fails the step
+                error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                if attempt + 1 < attempts:
+                    time.sleep(self.backoff_s * 2**attempt)
+        if final or not self._warned:
+            log.warning(
+                "tracking: MLflow at %s did not take %d pending record(s) (%s); they are kept in %s and the step goes on; "
+                "send them later with `sibeatgan track-sync %s`", self.uri, self.pending, error, self.journal, self.dir)
+            self._warned = True
+        return False
+
+
+def sync(local_dir: str | Path, uri: str | None = None, retries: int = 3) -> Tracker:
+    """Send a journal's unsent records (to `uri`, or to the server it was meant for); returns the tracker."""
+    t = Tracker.resume(local_dir, uri, retries=retries)
+    client_env(t.http_timeout_s)
+    t.flush(final=True)
+    return t
+
+
+def step_tracker(config: Any, out: str | Path, step: str, run_name: str | None = None, tags: dict[str, Any] | None = None,
+                 parent_run_id: str | None = None) -> Tracker:
+    """The tracker of a step writing into `out`: journal in `out/tracking/`, params = the step's typed config."""
+    out = Path(out)
+    t = Tracker(out / "tracking", tracking_uri(config, out.parent), getattr(config, "experiment", None) or DEFAULT_EXPERIMENT,
+                run_name or step, tags={"step": step, **run_tags(), **{k: str(v) for k, v in (tags or {}).items()}},
+                parent_run_id=parent_run_id)
+    t.start()
+    t.log_params(flatten(config, f"{step}."))
+    return t
+
+
+def study_run(uri: str, local_dir: str | Path, study_name: str, params: dict[str, Any] | None = None,
+              experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, Any] | None = None) -> str | None:
+    """The parent run of an Optuna study (create it once, in the process that creates the study, and pass its id
+    to the workers, e.g. through `study.set_user_attr("mlflow_run_id", ...)`); None if the server is away."""
+    t = Tracker(local_dir, uri, experiment, run_name=study_name, tags={"optuna.study": study_name, **run_tags(),
+                **{k: str(v) for k, v in (tags or {}).items()}})
+    t.start()
+    if params:
+        t.log_params(params)
+    t.flush(final=True)
+    return t.run_id
+
+
+def trial_run(parent_run_id: str, uri: str, local_dir: str | Path, trial_number: int, params: dict[str, Any],
+              experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, Any] | None = None) -> Tracker:
+    """A started tracker for one trial, nested under the study's run: call `on_epoch_end` each epoch and
+    `end_trial(tracker, state)` with state complete, pruned or failed."""
+    t = Tracker(local_dir, uri, experiment, run_name=f"trial-{trial_number}", parent_run_id=parent_run_id,
+                tags={"optuna.trial": str(trial_number), **{k: str(v) for k, v in (tags or {}).items()}})
+    t.start()
+    t.log_params(params)
+    return t
+
+
+def end_trial(tracker: Tracker, state: str, value: float | None = None) -> bool:
+    """Record a trial's state (complete -> FINISHED, pruned -> KILLED, failed -> FAILED) and its value."""
+    if state not in TRIAL_STATES:
+        raise ValueError(f"trial state {state!r} is not one of {', '.join(TRIAL_STATES)}")
+    tracker.set_tags({"optuna.state": state})
+    if value is not None:
+        tracker.log_metrics({"objective": value})
+    return tracker.finish(TRIAL_STATES[state])
+
+
+def log_training(tracker: Tracker, out: str | Path) -> None:
+    """Log a finished training folder: each epoch row of metrics.json (at its epoch) and its small files."""
+    out = Path(out)
+    summary = json.loads((out / "metrics.json").read_text())
+    for row in summary.get("history", []):
+        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    tracker.log_metrics({"best_epoch": summary.get("best_epoch"), "best_metric": summary.get("best_metric")})
+    tracker.set_tags({k: summary[k] for k in ("criterion", "selection", "runtime") if summary.get(k) is not None})
+    tracker.log_artifact(out / "metrics.json")
+    tracker.flush()
+
+
+def plot_reconstructions(generator: Any, beats: Any, labels: Any, scores: Any, path: str | Path, classes: tuple[str, ...] | None = None,
+                         n: int = 3) -> Path:
+    """A PNG of normal beats (median scores) and anomalous beats (highest scores), each with its reconstruction."""
+    import numpy as np
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from sibeatgan.data.artifact import CLASSES
+    from sibeatgan.files import atomic_open
+
+    classes = classes or CLASSES
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    normal, anomalous = np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)
+    normal = normal[np.argsort(scores[normal])][len(normal) // 2 - n // 2 :][:n]
+    anomalous = anomalous[np.argsort(-scores[anomalous])][:n]
+    rows = [r for r in (normal, anomalous) if len(r)]
+    fig = Figure(figsize=(3.2 * n, 2.4 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), n, squeeze=False))
+    for r, picks in enumerate(rows):
+        x = torch.as_tensor(np.asarray(beats[picks], dtype=np.float32))
+        with torch.inference_mode():
+            rec = generator(x)[0].numpy()
+        for c in range(n):
+            ax = axes[r, c]
+            if c >= len(picks):
+                ax.axis("off")
+                continue
+            i = picks[c]
+            ax.plot(x[c, 0].numpy(), color="k", lw=0.9, label="beat")
+            ax.plot(rec[c, 0], color="tab:blue" if labels[i] == 0 else "tab:red", lw=0.9, label="reconstruction")
+            ax.set_title(f"{classes[int(labels[i])]}: score {scores[i]:.3g}", fontsize=9)
+            ax.set_xticks([])
+        axes[r, 0].legend(fontsize=7, loc="lower left")
+    FigureCanvasAgg(fig)
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    return Path(path)
+
+
+class MemberTrials:
+    """Training-loop callback for K batched members, each an Optuna trial: member k's rows go to `trackers[k]`
+    (from `trial_run`); a member the loop stops is ended as pruned, the others as complete at the end."""
+
+    def __init__(self, trackers: list[Tracker]) -> None:
+        self.trackers = trackers
+        self.ended = [False] * len(trackers)
+
+    def on_fit_start(self, info: dict[str, Any]) -> None:
+        for k, t in enumerate(self.trackers):
+            if info.get("member_configs"):
+                t.log_params(flatten(info["member_configs"][k], "model."))
+            if info.get("dataset_hash"):
+                t.log_dataset(info["dataset_hash"], info.get("split_hash"), context="training")
+            t.flush()
+
+    def on_epoch_end(self, epoch: int, rows: list[dict[str, Any] | None], control: Any = None) -> None:
+        for k, (t, row) in enumerate(zip(self.trackers, rows)):
+            if row is not None and not self.ended[k]:
+                t.on_epoch_end(epoch, row)
+            stopped = control.stopped[k] if control is not None else None
+            if stopped and not self.ended[k]:
+                self.ended[k] = True
+                end_trial(t, "pruned")
+
+    def on_fit_end(self, result: dict[str, Any]) -> None:
+        members = result.get("members") or [result]
+        for k, t in enumerate(self.trackers):
+            if not self.ended[k]:
+                self.ended[k] = True
+                end_trial(t, "complete", members[k].get("best_metric") if k < len(members) else None)
+
+    def fail(self) -> None:
+        """End every member still open as failed (call when fit raises)."""
+        for k, t in enumerate(self.trackers):
+            if not self.ended[k]:
+                self.ended[k] = True
+                end_trial(t, "failed")
