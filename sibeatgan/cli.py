@@ -173,6 +173,27 @@ def split(
 
 
 SplitPathOpt = typer.Option(None, "--split", help="Split artifact folder (default: DATASET/split, written by preprocess).")
+TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow: $MLFLOW_TRACKING_URI, tracking.tracking_uri, or OUT/../mlruns.db.")
+
+
+def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **tags: Any) -> Any:
+    """The step's MLflow run (journaled in OUT/tracking first; a server that is away never fails the step), or None.
+    The training loop logs the step's config (`model.*` params), every epoch's values and the dataset lineage."""
+    if not track:
+        return None
+    from sibeatgan.tracking import step_tracker
+
+    tracking = cfg.load_config(cfg.TrackingConfig, config_path)
+    return step_tracker(tracking, out, step, tags={k: v for k, v in tags.items() if v is not None})
+
+
+def _finish_tracker(tracker: Any, out: Path, files: tuple[str, ...] = ()) -> None:
+    if tracker is None:
+        return
+    for name in files:
+        if (out / name).exists():
+            tracker.log_artifact(out / name)
+    tracker.finish()
 
 
 @app.command("train-teacher")
@@ -188,13 +209,17 @@ def train_teacher(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     progress: bool = ProgressOpt,
+    track: bool = TrackOpt,
 ) -> None:
     """Train the BeatGAN teacher (checkpoint every epoch; a killed run resumes)."""
     from sibeatgan.train.teacher import run_train_teacher
 
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
-    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path)
+    tracker = _tracker(track, config, "train-teacher", out, protocol=conf.split, device=conf.device)
+    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path,
+                               callbacks=[tracker] if tracker else [])
+    _finish_tracker(tracker, out, ("metrics.json",))
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
@@ -214,13 +239,17 @@ def train_student(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     progress: bool = ProgressOpt,
+    track: bool = TrackOpt,
 ) -> None:
     """Distil the self-improving student from a frozen teacher: L_G + alpha KD_T + beta NT-Xent_tau (`--config best.json` from tune)."""
     from sibeatgan.train.distill import run_train_student
 
     t = time.perf_counter()
     conf = _config(cfg.StudentConfig, config, set_, epochs=epochs, fold=fold, device=device)
-    result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path)
+    tracker = _tracker(track, config, "train-student", out, protocol=conf.split, device=conf.device)
+    result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path,
+                               callbacks=[tracker] if tracker else [])
+    _finish_tracker(tracker, out, ("metrics.json",))
     _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
