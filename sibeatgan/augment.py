@@ -29,7 +29,7 @@ class AugmentConfig:
     wander_cycles: tuple[float, float] = (0.1, 0.6)  # its frequency in cycles per window (low: 0.1-0.6 Hz at 360 Hz, 320 samples)
     noise_std: float = 0.02  # Gaussian noise standard deviation, uniform in [0, noise_std] per beat
     max_shift: int = 4  # samples; edges padded with the edge value, never wrapped
-    warp: float = 0.3  # time-warp strength in [0, 1): local stretch within 1 +- warp, ends fixed
+    warp: float = 0.1  # time-warp strength in [0, 1): local stretch within 1 +- warp, ends fixed (moves points <= 5 samples of 320)
     warp_cycles: int = 1  # sine periods of the warp over the window
 
     def __post_init__(self) -> None:

@@ -308,3 +308,243 @@ class StudentTrainer:
         torch.set_rng_state(state["torch_rng"])
         if self.rt.is_cuda and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.rt.device)
+
+
+def _per_member(values: Any, k: int, name: str) -> list[Any]:
+    """A scalar for every member, or a sequence of exactly K values."""
+    if isinstance(values, (str, int, float)) or values is None:
+        return [values] * k
+    values = list(values.tolist() if isinstance(values, torch.Tensor) else values)
+    if len(values) != k:
+        raise ValueError(f"{name}: {len(values)} values for {k} members")
+    return values
+
+
+class BatchedStudentTrainer:
+    """K students trained at once as grouped convolutions, each with its own lambda, alpha, beta, T, tau, lr,
+    init, seed (weights, data order, augmentations); member k follows the same path as a StudentTrainer with
+    member k's config, up to float rounding. `active` (K,) bool on the device: pruned members are frozen by
+    `stop(k)`; a member whose loss goes non-finite freezes itself (`alive`) and never disturbs the others."""
+
+    def __init__(self, teacher: Generator, runtime: Runtime, members: int, *, ngf: int | None = None, ndf: int = 32,
+                 init: Any = "teacher", lambda_fm: Any = 1.0, alpha: Any = 1.0, beta: Any = 0.1, T: Any = 4.0, tau: Any = 0.2,
+                 lr: Any = 1e-4, seed: Any = 0, kd: str = "latent", kd_direction: str = "seed",
+                 betas: tuple[float, float] = (0.5, 0.999), batch_size: int = 64, augment_config: AugmentConfig | None = None,
+                 proj_hidden: int = 128, proj_out: int = 64, graphs: Any = None):
+        from sibeatgan.models.batched import MultiAdam, grouped, stack_states
+
+        k = self.members = int(members)
+        self.rt, dev = runtime, runtime.device
+        self.kd, self.batch_size = kd, int(batch_size)
+        self.augment_config = augment_config or AugmentConfig()
+        self.seeds = [int(s) for s in _per_member(seed, k, "seed")]
+        self.inits = _per_member(init, k, "init")
+        nc, length, nz = teacher.nc, teacher.length, teacher.nz
+        ngf = teacher.ngf if ngf is None else int(ngf)
+        self.teacher = freeze(teacher.to(dev))
+        singles: list[tuple[Generator, Discriminator, ProjectionHead]] = []
+        for member_seed, member_init in zip(self.seeds, self.inits):
+            if member_init not in INITS:
+                raise ValueError(f"init must be one of {INITS}, not {member_init!r}")
+            if member_init == "teacher" and ngf != teacher.ngf:
+                raise ValueError(f"init='teacher' needs the teacher's width (ngf {teacher.ngf}), got ngf {ngf}")
+            torch.manual_seed(member_seed)  # the same draws, in the same order, as StudentTrainer's constructor
+            g = Generator(nc, length, nz, ngf)
+            if member_init == "teacher":
+                g.load_state_dict(self.teacher.state_dict())
+            singles.append((g, Discriminator(nc, length, ndf), ProjectionHead(nz, proj_hidden, proj_out)))
+        self.templates = [m.state_dict() for m in singles[0]]
+        self.G, self.D, self.head = (grouped(m, k).to(dev).train() for m in singles[0])
+        for module, parts in zip((self.G, self.D, self.head), zip(*singles)):
+            module.load_state_dict(stack_states([p.state_dict() for p in parts], module.state_dict()))
+        adjust_bn_momentum(self.G)
+        self.loss = StudentLoss(lambda_fm, alpha, beta, T, tau, kd=kd, direction=kd_direction, members=k).to(dev)
+        self.loss.set(**{n: _per_member(v, k, n) for n, v in (("lambda_fm", lambda_fm), ("alpha", alpha), ("beta", beta), ("T", T), ("tau", tau))})
+        self.lr = torch.tensor(_per_member(lr, k, "lr"), dtype=torch.float32, device=dev)
+        self.g_params = list(self.G.parameters()) + list(self.head.parameters())
+        self.opt_g = MultiAdam(self.g_params, self.lr, betas)
+        self.opt_d = MultiAdam(self.D.parameters(), self.lr, betas)
+        self.aug_gens = [torch.Generator(device=dev).manual_seed(s + 1) for s in self.seeds]
+        self.perm_gens = [torch.Generator(device=dev).manual_seed(s) for s in self.seeds]
+        if graphs is None and runtime.cuda_graph:
+            graphs = GeneratorCudaGraphs(self.aug_gens)
+        self.graphs = graphs
+        self.active = torch.ones(k, dtype=torch.bool, device=dev)  # not pruned (set by stop / set_active)
+        self.alive = torch.ones(k, dtype=torch.bool, device=dev)  # every loss finite so far
+        self.idx = torch.zeros(k, self.batch_size, dtype=torch.long, device=dev)
+        self.sums = torch.zeros(k, len(LOSS_NAMES), dtype=torch.float32, device=dev)
+        self.train_x: torch.Tensor | None = None
+        self._warm = 0
+        self._captured = False
+
+    loss_names = property(lambda self: LOSS_NAMES)
+
+    def set_hparams(self, **values: Any) -> None:
+        """Per-member lambda_fm, alpha, beta, T, tau, lr (a scalar or K values), copied in place."""
+        lr = values.pop("lr", None)
+        if lr is not None:
+            self.lr.copy_(torch.tensor(_per_member(lr, self.members, "lr"), dtype=torch.float32))
+        self.loss.set(**{n: _per_member(v, self.members, n) for n, v in values.items()})
+
+    def stop(self, member: int) -> None:
+        """Freeze a member (pruned): from the next step on, its weights, moments and statistics stay as they are."""
+        self.active[member] = False
+
+    set_train_data = StudentTrainer.set_train_data
+
+    def member_states(self, k: int) -> dict[str, dict[str, torch.Tensor]]:
+        """Member k's G, D and head as state dicts of the single modules (Generator, Discriminator, ProjectionHead)."""
+        from sibeatgan.models.batched import member_state
+
+        return {name: member_state(cpu_state(m), t, k, self.members) for name, m, t in zip(("G", "D", "head"), (self.G, self.D, self.head), self.templates)}
+
+    def member_generator(self, k: int) -> Generator:
+        """Member k's student generator as a plain Generator (on the CPU), e.g. for save_generator."""
+        g = Generator(**self.teacher.hparams() | {"ngf": self.G.ngf})
+        g.load_state_dict(self.member_states(k)["G"])
+        return g
+
+    def _views(self, xm: torch.Tensor) -> torch.Tensor:
+        """(K, b, nc, L) -> the two views of each member's batch, drawn from its own generator: (K, 2b, nc, L)."""
+        cfg = self.augment_config
+        return torch.stack([torch.cat([augment(x, cfg, g), augment(x, cfg, g)]) for x, g in zip(xm, self.aug_gens)])
+
+    def step(self) -> None:
+        """One D step and one G step of every member; the same callable runs eagerly and under capture."""
+        from sibeatgan.models.batched import bn_running, from_members, to_members
+
+        k, b = self.members, self.batch_size
+        xm = self.train_x.index_select(0, self.idx.reshape(-1)).reshape(k, b, *self.train_x.shape[1:])
+        x = from_members(xm)
+        running = [t.clone() for t in bn_running(self.G) + bn_running(self.D)]
+        cache = not isinstance(self.graphs, CudaGraphs)
+        with self.rt.autocast(cache):
+            if self.kd == "attention":
+                code, maps = encoder_stages(self.G.encoder, x)
+                rec = self.G.decoder(code)
+            else:
+                rec, code = self.G(x)
+            logit_real = to_members(self.D.head(self.D.features(x)), k).reshape(k, b)
+            logit_fake = to_members(self.D.head(self.D.features(rec.detach())), k).reshape(k, b)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        err_d = (bce(logit_real.float(), torch.ones_like(logit_real.float()), reduction="none").mean(-1)
+                 + bce(logit_fake.float(), torch.zeros_like(logit_fake.float()), reduction="none").mean(-1))
+        self.opt_d.zero_grad()
+        err_d.sum().backward()
+        ok_d = self.active & self.alive & torch.isfinite(err_d)
+        self.opt_d.step(ok_d)
+        with self.rt.autocast(cache):
+            with torch.no_grad():
+                flat = xm.reshape(k * b, *xm.shape[2:])
+                if self.kd == "attention":
+                    code_t, maps_t = encoder_stages(self.teacher.encoder, flat)
+                    maps_t = [m.reshape(k, b, *m.shape[1:]) for m in maps_t]
+                    maps_s = [to_members(m, k) for m in maps]
+                else:
+                    code_t, maps_t, maps_s = self.teacher.encoder(flat), None, None
+                features_real = self.D.features(x)
+            features_fake = self.D.features(rec)
+            with batch_stats_only(self.G.encoder):
+                z = self.G.encoder(from_members(self._views(xm)))
+            proj = to_members(self.head.fc2(torch.relu(self.head.fc1(z))), k).flatten(2)
+            p1, p2 = proj.chunk(2, dim=1)
+            terms = self.loss(xm, to_members(rec, k), to_members(features_real, k), to_members(features_fake, k),
+                              to_members(code, k).flatten(2), code_t.reshape(k, b, -1), p1, p2, maps_s, maps_t)
+        self.opt_g.zero_grad()
+        torch.autograd.backward(terms.total.sum(), inputs=self.g_params)
+        with torch.no_grad():
+            finite = torch.isfinite(torch.stack([err_d.detach(), *(t.detach() for t in terms)], 1)).all(1)
+            ok = self.active & self.alive & finite
+            self.opt_g.step(ok)
+            for now, before in zip(bn_running(self.G) + bn_running(self.D), running):  # frozen members keep their running statistics
+                per = now.numel() // k
+                now.copy_(torch.where(ok.repeat_interleave(per), now, before))
+            self.alive &= finite | ~self.active
+            values = torch.stack([err_d.detach(), *(t.detach() for t in terms)], 1)
+            self.sums.add_(torch.where(self.active.unsqueeze(1), values, torch.zeros_like(values)))
+
+    _run_step = StudentTrainer._run_step
+
+    def train_epoch(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """One epoch for every member, each over its own permutation; losses are lists of K per-member means,
+        beats and beats_per_s count all members together."""
+        if self.train_x is None:
+            raise RuntimeError("set_train_data first")
+        n = self.train_x.shape[0]
+        steps = n // self.batch_size
+        for m in (self.G, self.D, self.head):
+            m.train()
+        self.teacher.eval()
+        self.sums.zero_()
+        start = time.perf_counter()
+        perms = torch.stack([torch.randperm(n, generator=g, device=self.rt.device) for g in self.perm_gens])
+        for i in range(steps):
+            self.idx.copy_(perms[:, i * self.batch_size : (i + 1) * self.batch_size])
+            self._run_step()
+            if on_step is not None:
+                on_step(i)
+        sums = (self.sums / steps).T.tolist()
+        seconds = time.perf_counter() - start
+        out: dict[str, Any] = dict(zip(LOSS_NAMES, sums))
+        beats = steps * self.batch_size * self.members
+        out.update(alive=self.alive.tolist(), active=self.active.tolist(), steps=steps, beats=beats, train_seconds=seconds,
+                   beats_per_s=beats / seconds)
+        return out
+
+    @torch.no_grad()
+    def _per_beat(self, x: torch.Tensor | np.ndarray, batch_size: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        x = torch.as_tensor(x)
+        out = torch.empty(self.members, x.shape[0], dtype=torch.float32, device=self.rt.device)
+        was = self.G.training
+        self.G.eval()
+        try:
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].to(self.rt.device, torch.float32)
+                out[:, start : start + xb.shape[0]] = fn(xb)
+        finally:
+            self.G.train(was)
+        return out.cpu().numpy()
+
+    def score(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Each member's reconstruction error of each beat: (K, n)."""
+        from sibeatgan.models.batched import to_members
+
+        k = self.members
+
+        def rec_error(xb: torch.Tensor) -> torch.Tensor:
+            rec = to_members(self.G(xb.repeat(1, k, 1)).reconstruction.float(), k)
+            return (rec - xb).pow(2).flatten(2).mean(-1)
+
+        return self._per_beat(x, batch_size, rec_error)
+
+    def discrepancy(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Each member's mean squared latent distance to the teacher: (K, n)."""
+        from sibeatgan.models.batched import to_members
+
+        k = self.members
+
+        def distance(xb: torch.Tensor) -> torch.Tensor:
+            code_s = to_members(self.G.encoder(xb.repeat(1, k, 1)).float(), k).flatten(2)
+            return (code_s - self.teacher.encoder(xb).float().flatten(1)).pow(2).mean(-1)
+
+        return self._per_beat(x, batch_size, distance)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "G": cpu_state(self.G), "D": cpu_state(self.D), "head": cpu_state(self.head), "loss": cpu_state(self.loss),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "active": self.active.cpu(), "alive": self.alive.cpu(),
+            "perm_rng": [g.get_state() for g in self.perm_gens], "aug_rng": [g.get_state() for g in self.aug_gens],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._captured:
+            raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
+        for name in ("G", "D", "head", "loss"):
+            getattr(self, name).load_state_dict(state[name])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.active.copy_(state["active"])
+        self.alive.copy_(state["alive"])
+        for gens, key in ((self.perm_gens, "perm_rng"), (self.aug_gens, "aug_rng")):
+            for g, s in zip(gens, state[key]):
+                g.set_state(s)

@@ -1,0 +1,206 @@
+"""K independent copies of a model as one module: grouped convolutions over channel-concatenated members.
+
+A member's tensors are its channels: (b, K * C, L), member k in channels [k C, (k+1) C). Every
+convolution gets groups=K, so member k only ever sees its own channels; BatchNorm1d over K * C
+channels normalises each member with its own batch statistics and keeps its own running ones;
+a Linear becomes a kernel-1 grouped Conv1d on (b, K * in, 1). Grouped convolutions run as one
+kernel per layer for all members (cuDNN / oneDNN), with no vmap tracing, no in-place-buffer
+restrictions under vmap for BatchNorm, and the same module tree and parameter names as the
+single model, so state dicts stack and unstack by concatenation along dim 0.
+
+`MultiAdam` is Adam over such stacked parameters with one learning rate per member and a mask of
+members that may move (pruned or diverged members stay frozen, their NaNs never reach the others).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+IMPLS = ("auto", "grouped", "loop")
+
+
+class _Members:
+    """Mixin of the K-member convolutions: one grouped kernel (impl "grouped"), or one ordinary convolution per
+    member on its slice of channels and weights (impl "loop"); "auto" loops on the CPU and groups elsewhere.
+
+    Measured on 2 CPU cores (bench/batched.md), oneDNN's grouped 1-D convolutions run 1-5x slower than the same
+    convolutions one member at a time, so the CPU loops; on CUDA one grouped kernel replaces K small launches."""
+
+    members: int
+    impl: str = "auto"
+
+    def _loop(self, x: torch.Tensor) -> bool:
+        return self.impl == "loop" or (self.impl == "auto" and x.device.type == "cpu")
+
+
+class MemberConv1d(_Members, nn.Conv1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._loop(x):
+            return super().forward(x)
+        k, g = self.members, self.groups // self.members
+        bias = self.bias.chunk(k) if self.bias is not None else [None] * k
+        return torch.cat([F.conv1d(xi, wi, bi, self.stride, self.padding, self.dilation, g)
+                          for xi, wi, bi in zip(x.chunk(k, 1), self.weight.chunk(k), bias)], 1)
+
+
+class MemberConvTranspose1d(_Members, nn.ConvTranspose1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._loop(x):
+            return super().forward(x)
+        k, g = self.members, self.groups // self.members
+        bias = self.bias.chunk(k) if self.bias is not None else [None] * k
+        return torch.cat([F.conv_transpose1d(xi, wi, bi, self.stride, self.padding, self.output_padding, g, self.dilation)
+                          for xi, wi, bi in zip(x.chunk(k, 1), self.weight.chunk(k), bias)], 1)
+
+
+def _grouped_leaf(module: nn.Module, k: int) -> nn.Module | None:
+    """The K-member counterpart of one leaf module, or None when it is elementwise (kept as is)."""
+    if isinstance(module, nn.ConvTranspose1d):
+        new = MemberConvTranspose1d(k * module.in_channels, k * module.out_channels, module.kernel_size, module.stride, module.padding,
+                                    module.output_padding, groups=k * module.groups, bias=module.bias is not None, dilation=module.dilation)
+    elif isinstance(module, nn.Conv1d):
+        new = MemberConv1d(k * module.in_channels, k * module.out_channels, module.kernel_size, module.stride, module.padding,
+                           module.dilation, groups=k * module.groups, bias=module.bias is not None)
+    elif isinstance(module, nn.Linear):
+        new = MemberConv1d(k * module.in_features, k * module.out_features, 1, groups=k, bias=module.bias is not None)
+    elif isinstance(module, nn.BatchNorm1d):
+        return nn.BatchNorm1d(k * module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+    elif len(list(module.parameters(recurse=False))) or len(list(module.buffers(recurse=False))):
+        raise TypeError(f"no grouped version of {type(module).__name__}")
+    else:
+        return None
+    new.members = k
+    return new
+
+
+def set_impl(module: nn.Module, impl: str) -> None:
+    """Choose how every K-member convolution in `module` runs: "auto", "grouped" or "loop"."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, not {impl!r}")
+    for m in module.modules():
+        if isinstance(m, _Members):
+            m.impl = impl
+
+
+def grouped(template: nn.Module, k: int) -> nn.Module:
+    """A deep copy of `template` with every conv, linear and batch-norm layer widened to K grouped members.
+
+    The copy keeps the template's class (so its forward and hparams) and its parameter names; load the
+    members' weights with `stack_states`."""
+    out = copy.deepcopy(template)
+
+    def convert(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if len(list(child.children())):
+                convert(child)
+                continue
+            new = _grouped_leaf(child, k)
+            if new is not None:
+                setattr(parent, name, new.to(next(child.parameters()).device))
+
+    convert(out)
+    out.members = k
+    return out
+
+
+def stack_states(states: list[dict[str, torch.Tensor]], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The grouped state whose member k is states[k]; `target` is the grouped module's own state (for shapes).
+
+    0-d buffers (BatchNorm's num_batches_tracked) are shared by all members and taken from the first."""
+    out = {}
+    for key, ref in target.items():
+        parts = [s[key] for s in states]
+        out[key] = parts[0].clone() if ref.dim() == 0 else torch.cat([p.reshape(-1) for p in parts]).reshape(ref.shape)
+    return out
+
+
+def member_state(state: dict[str, torch.Tensor], template: dict[str, torch.Tensor], k: int, members: int) -> dict[str, torch.Tensor]:
+    """Member k of a grouped state, in the single model's shapes (`template` is a single model's state)."""
+    out = {}
+    for key, ref in template.items():
+        value = state[key]
+        out[key] = value.clone() if value.dim() == 0 else value.reshape(members, -1)[k].reshape(ref.shape).clone()
+    return out
+
+
+def to_members(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(b, K * C, ...) -> (K, b, C, ...): the member axis first, for per-member losses."""
+    return x.reshape(x.shape[0], k, x.shape[1] // k, *x.shape[2:]).transpose(0, 1)
+
+
+def from_members(x: torch.Tensor) -> torch.Tensor:
+    """(K, b, C, ...) -> (b, K * C, ...): the members' channels side by side, for the grouped modules."""
+    k, b = x.shape[0], x.shape[1]
+    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
+
+
+def member_mask(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """A (K,) mask broadcast over a grouped tensor viewed as (K, -1)."""
+    return mask.reshape(-1, 1).expand(mask.shape[0], tensor.numel() // mask.shape[0])
+
+
+class MultiAdam:
+    """Adam (torch.optim.Adam's formula, no weight decay) over grouped parameters, one lr per member.
+
+    lr: a (K,) device tensor, changed in place between steps. step(active) updates only the members
+    where the (K,) bool `active` holds; the others keep their weights and moment estimates exactly.
+    Every value lives on the device, so the step can be captured in a CUDA graph."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: torch.Tensor, betas: tuple[float, float] = (0.5, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params]
+        self.lr = lr
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        k = lr.shape[0]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = torch.zeros(k, dtype=torch.float32, device=lr.device)  # per member: a frozen member's count stays put
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        k = self.lr.shape[0]
+        self.steps.add_(active.to(self.steps.dtype))
+        steps = self.steps.clamp(min=1.0)
+        step_size = (self.lr / (1 - self.beta1**steps)).reshape(k, 1)
+        bc2_sqrt = (1 - self.beta2**steps).sqrt().reshape(k, 1)
+        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
+            if p.grad is None:
+                continue
+            g, pv, mv, vv = p.grad.reshape(k, -1), p.view(k, -1), m.view(k, -1), v.view(k, -1)
+            on = member_mask(active, p)
+            m_new = torch.lerp(mv, g, 1 - self.beta1)
+            v_new = vv * self.beta2 + (1 - self.beta2) * g * g
+            update = step_size * m_new / (v_new.sqrt() / bc2_sqrt + self.eps)
+            mv.copy_(torch.where(on, m_new, mv))
+            vv.copy_(torch.where(on, v_new, vv))
+            pv.sub_(torch.where(on, update, torch.zeros_like(update)))
+
+    def state_dict(self) -> dict[str, object]:
+        return {"exp_avg": [m.cpu() for m in self.exp_avg], "exp_avg_sq": [v.cpu() for v in self.exp_avg_sq], "steps": self.steps.cpu(),
+                "lr": self.lr.cpu(), "betas": (self.beta1, self.beta2), "eps": self.eps}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for dst, src in zip(self.exp_avg + self.exp_avg_sq, list(state["exp_avg"]) + list(state["exp_avg_sq"])):
+            dst.copy_(src)
+        self.steps.copy_(state["steps"])
+        self.lr.copy_(state["lr"])
+
+
+def bn_running(module: nn.Module) -> list[torch.Tensor]:
+    """Running mean and variance of every BatchNorm layer (K * C channels each), to restore frozen members."""
+    out = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            out += [m.running_mean, m.running_var]
+    return out
