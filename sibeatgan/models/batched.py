@@ -186,8 +186,12 @@ class MultiAdam:
             pv.sub_(torch.where(on, update, torch.zeros_like(update)))
 
     def state_dict(self) -> dict[str, object]:
-        return {"exp_avg": [m.cpu() for m in self.exp_avg], "exp_avg_sq": [v.cpu() for v in self.exp_avg_sq], "steps": self.steps.cpu(),
-                "lr": self.lr.cpu(), "betas": (self.beta1, self.beta2), "eps": self.eps}
+        """Copies on the CPU of the moments, step counts and learning rates."""
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+
+        return {"exp_avg": [copy(m) for m in self.exp_avg], "exp_avg_sq": [copy(v) for v in self.exp_avg_sq], "steps": copy(self.steps),
+                "lr": copy(self.lr), "betas": (self.beta1, self.beta2), "eps": self.eps}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, object]) -> None:

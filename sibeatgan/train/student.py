@@ -10,6 +10,7 @@ once per epoch. Only torch and numpy are needed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -282,7 +283,8 @@ class StudentTrainer:
         """Student, D, head, loss weights, optimizers and RNG states (the frozen teacher is an input, not state)."""
         state: dict[str, Any] = {
             "G": cpu_state(self.G), "D": cpu_state(self.D), "head": cpu_state(self.head), "loss": cpu_state(self.loss),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            # copies: torch's optimizer state_dict holds the live moment tensors, which the next step would change
+            "opt_g": copy.deepcopy(self.opt_g.state_dict()), "opt_d": copy.deepcopy(self.opt_d.state_dict()),
             "perm_rng": self.perm_gen.get_state(), "aug_rng": self.aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
         }
         if self.rt.is_cuda:
