@@ -83,12 +83,13 @@ def test_a_stopped_member_is_frozen():
     tr.set_train_data(x)
     tr.train_epoch()
     before = [flat(tr.member_states(k)) for k in range(3)]
-    moments = [m.clone() for m in tr.opt_g.exp_avg]
+    moments = tr.opt_g.exp_avg.clone()
     tr.stop(1)
     rows = tr.train_epoch()
     assert rows["active"] == [True, False, True]
     assert torch.equal(flat(tr.member_states(1)), before[1])  # weights and BatchNorm statistics
-    assert all(torch.equal(m.reshape(3, -1)[1], old.reshape(3, -1)[1]) for m, old in zip(tr.opt_g.exp_avg, moments))
+    member = tr.opt_g._spread(torch.tensor([False, True, False]))
+    assert torch.equal(tr.opt_g.exp_avg[member], moments[member]) and not torch.equal(tr.opt_g.exp_avg, moments)
     assert not torch.equal(flat(tr.member_states(0)), before[0]) and not torch.equal(flat(tr.member_states(2)), before[2])
 
 
@@ -139,18 +140,20 @@ def test_multi_adam_matches_torch_adam_and_masks_members():
     torch.manual_seed(0)
     start = torch.randn(3, 50)
     p = start.clone().requires_grad_()
+    q = torch.zeros(3, 2, requires_grad=True)  # a second parameter: the flat buffer holds both
     lr = torch.tensor([1e-3, 1e-2, 1e-1])
-    opt = MultiAdam([p], lr)
+    opt = MultiAdam([q, p], lr)
     refs = [start[k].clone().requires_grad_() for k in range(3)]
     ref_opts = [torch.optim.Adam([r], lr=float(lr[k]), betas=(0.5, 0.999)) for k, r in enumerate(refs)]
     active = torch.tensor([True, False, True])
     for _ in range(4):
         g = torch.randn(3, 50)
-        p.grad = g.clone()
+        p.grad, q.grad = g.clone(), torch.ones(3, 2)
         opt.step(active)
         for k in (0, 2):
             refs[k].grad = g[k].clone()
             ref_opts[k].step()
     for k in (0, 2):
         assert torch.allclose(p[k], refs[k], atol=1e-5)  # float32 rounding of lr 0.1 steps
-    assert torch.equal(p[1], start[1])
+    assert torch.equal(p[1], start[1]) and q[1].abs().max() == 0 and q[0].abs().min() > 0
+    assert p.data_ptr() == opt.flat.data_ptr() + 6 * 4  # a view into the flat buffer

@@ -140,27 +140,39 @@ def from_members(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:])
 
 
-def member_mask(mask: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    """A (K,) mask broadcast over a grouped tensor viewed as (K, -1)."""
-    return mask.reshape(-1, 1).expand(mask.shape[0], tensor.numel() // mask.shape[0])
-
-
 class MultiAdam:
     """Adam (torch.optim.Adam's formula, no weight decay) over grouped parameters, one lr per member.
 
-    lr: a (K,) device tensor, changed in place between steps. step(active) updates only the members
-    where the (K,) bool `active` holds; the others keep their weights and moment estimates exactly.
-    Every value lives on the device, so the step can be captured in a CUDA graph."""
+    The parameters become views into one flat buffer, so a step is some twenty whole-buffer kernels whatever the
+    number of layers (K-member Adam with a Python loop per parameter cost about as much as the convolutions).
+    lr: a (K,) device tensor, changed in place between steps. step(active) moves only the members where the (K,)
+    bool `active` holds; the others keep their weights, moments and step counts exactly. Every value lives on
+    the device and no step reads it back, so the step can be captured in a CUDA graph."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: torch.Tensor, betas: tuple[float, float] = (0.5, 0.999), eps: float = 1e-8):
         self.params = [p for p in params]
         self.lr = lr
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = float(eps)
-        k = lr.shape[0]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        k = self.members = lr.shape[0]
+        sizes = [p.numel() for p in self.params]
+        if any(n % k for n in sizes):
+            raise ValueError(f"every parameter must hold {k} members' values")
+        with torch.no_grad():
+            self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+            offset = 0
+            for p, n in zip(self.params, sizes):
+                p.data = self.flat[offset : offset + n].view_as(p)
+                offset += n
+        # element i of the flat buffer belongs to member (i within its parameter) // (its size / K)
+        self._repeats = torch.tensor([n // k for n in sizes for _ in range(k)], device=lr.device)
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
         self.steps = torch.zeros(k, dtype=torch.float32, device=lr.device)  # per member: a frozen member's count stays put
+
+    def _spread(self, per_member: torch.Tensor) -> torch.Tensor:
+        """A (K,) value for every element of the flat buffer."""
+        return torch.repeat_interleave(per_member.repeat(len(self.params)), self._repeats, output_size=self.flat.numel())
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -168,35 +180,31 @@ class MultiAdam:
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
-        k = self.lr.shape[0]
+        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
         self.steps.add_(active.to(self.steps.dtype))
         steps = self.steps.clamp(min=1.0)
-        step_size = (self.lr / (1 - self.beta1**steps)).reshape(k, 1)
-        bc2_sqrt = (1 - self.beta2**steps).sqrt().reshape(k, 1)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            if p.grad is None:
-                continue
-            g, pv, mv, vv = p.grad.reshape(k, -1), p.view(k, -1), m.view(k, -1), v.view(k, -1)
-            on = member_mask(active, p)
-            m_new = torch.lerp(mv, g, 1 - self.beta1)
-            v_new = vv * self.beta2 + (1 - self.beta2) * g * g
-            update = step_size * m_new / (v_new.sqrt() / bc2_sqrt + self.eps)
-            mv.copy_(torch.where(on, m_new, mv))
-            vv.copy_(torch.where(on, v_new, vv))
-            pv.sub_(torch.where(on, update, torch.zeros_like(update)))
+        on = self._spread(active)
+        step_size = self._spread(self.lr / (1 - self.beta1**steps))
+        bc2_sqrt = self._spread((1 - self.beta2**steps).sqrt())
+        m_new = torch.lerp(self.exp_avg, grad, 1 - self.beta1)
+        v_new = self.exp_avg_sq * self.beta2 + (1 - self.beta2) * grad * grad
+        update = step_size * m_new / (v_new.sqrt() / bc2_sqrt + self.eps)
+        self.exp_avg.copy_(torch.where(on, m_new, self.exp_avg))
+        self.exp_avg_sq.copy_(torch.where(on, v_new, self.exp_avg_sq))
+        self.flat.sub_(torch.where(on, update, torch.zeros_like(update)))
 
     def state_dict(self) -> dict[str, object]:
         """Copies on the CPU of the moments, step counts and learning rates."""
         def copy(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to("cpu", copy=True)
 
-        return {"exp_avg": [copy(m) for m in self.exp_avg], "exp_avg_sq": [copy(v) for v in self.exp_avg_sq], "steps": copy(self.steps),
+        return {"exp_avg": copy(self.exp_avg), "exp_avg_sq": copy(self.exp_avg_sq), "steps": copy(self.steps),
                 "lr": copy(self.lr), "betas": (self.beta1, self.beta2), "eps": self.eps}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, object]) -> None:
-        for dst, src in zip(self.exp_avg + self.exp_avg_sq, list(state["exp_avg"]) + list(state["exp_avg_sq"])):
-            dst.copy_(src)
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.steps.copy_(state["steps"])
         self.lr.copy_(state["lr"])
 
