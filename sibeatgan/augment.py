@@ -113,6 +113,56 @@ def time_warp(x: torch.Tensor, strength: float, cycles: int = 1, gen: torch.Gene
     return _resample(x, warped * (length - 1))
 
 
+def draw(n: int, nc: int, length: int, config: AugmentConfig, gen: torch.Generator | None = None,
+         transforms: tuple[str, ...] | None = None, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The random parameters of one view of n beats, drawn in the order `augment` draws them (the same stream)."""
+    chosen = config.positives if transforms is None else transforms
+    out: dict[str, torch.Tensor] = {}
+
+    def u(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand((n, 1, 1), generator=gen, device=device, dtype=torch.float32)
+
+    for name in ORDER:
+        if name not in chosen:
+            continue
+        if name == "shift":
+            out["shift"] = torch.randint(-config.max_shift, config.max_shift + 1, (n, 1, 1), generator=gen, device=device)
+        elif name == "warp":
+            out["warp"] = u(-config.warp, config.warp)
+        elif name == "scale":
+            out["scale"] = u(config.scale[0], config.scale[1])
+        elif name == "wander":
+            out["wander_amp"], out["wander_freq"] = u(0.0, config.wander_amplitude), u(*config.wander_cycles)
+            out["wander_phase"] = u(0.0, 2 * math.pi)
+        elif name == "noise":
+            out["noise_sigma"] = u(0.0, config.noise_std)
+            out["noise"] = torch.randn((n, nc, length), generator=gen, device=device, dtype=torch.float32)
+        else:
+            raise ValueError(f"unknown augmentation {name!r} (choose from {', '.join(TRANSFORMS)})")
+    return out
+
+
+def apply_drawn(x: torch.Tensor, params: dict[str, torch.Tensor], config: AugmentConfig) -> torch.Tensor:
+    """The view of x given parameters from `draw` (one row per beat; rows of several draws may be concatenated)."""
+    length = x.shape[-1]
+    if "shift" in params:
+        idx = (torch.arange(length, device=x.device) - params["shift"]).clamp(0, length - 1)
+        x = x.gather(-1, idx.expand(-1, x.shape[1], -1))
+    if "warp" in params:
+        t = torch.arange(length, device=x.device, dtype=torch.float32) / max(length - 1, 1)
+        c = config.warp_cycles
+        x = _resample(x, (t + params["warp"] * torch.sin(2 * math.pi * c * t) / (2 * math.pi * c)) * (length - 1))
+    if "scale" in params:
+        x = x * params["scale"].to(x.dtype)
+    if "wander_amp" in params:
+        t = torch.arange(length, device=x.device, dtype=torch.float32) / length
+        wave = params["wander_amp"] * torch.sin(2 * math.pi * params["wander_freq"] * t + params["wander_phase"])
+        x = x + wave.to(x.dtype)
+    if "noise" in params:
+        x = x + (params["noise_sigma"] * params["noise"]).to(x.dtype)
+    return x.clamp(-1.0, 1.0)
+
+
 def apply(x: torch.Tensor, name: str, config: AugmentConfig, gen: torch.Generator | None = None) -> torch.Tensor:
     """One named transform with its range from config (not clamped)."""
     if name == "scale":
@@ -129,9 +179,7 @@ def apply(x: torch.Tensor, name: str, config: AugmentConfig, gen: torch.Generato
 
 
 def augment(x: torch.Tensor, config: AugmentConfig, gen: torch.Generator | None = None, transforms: tuple[str, ...] | None = None) -> torch.Tensor:
-    """One random view of each beat: the chosen transforms (default config.positives) in a fixed order, clamped to [-1, 1]."""
-    chosen = config.positives if transforms is None else transforms
-    for name in ORDER:
-        if name in chosen:
-            x = apply(x, name, config, gen)
-    return x.clamp(-1.0, 1.0)
+    """One random view of each beat: the chosen transforms (default config.positives) in a fixed order, clamped to [-1, 1].
+
+    The same as applying `amplitude_scale`, `shift`... one after the other with the same generator."""
+    return apply_drawn(x, draw(x.shape[0], x.shape[1], x.shape[-1], config, gen, transforms, x.device), config)

@@ -7,6 +7,9 @@ ngf 16 10.4 MFLOPs (25.7%), so COMPACT_NGF = 16 is the quarter-FLOPs student.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -62,3 +65,32 @@ def compact_ngf(nc: int = 1, length: int = 320, nz: int = 50, teacher_ngf: int =
     target = fraction * generator_flops(Generator(nc, length, nz, teacher_ngf), nc, length)
     widths = range(1, teacher_ngf + 1)
     return min(widths, key=lambda w: abs(generator_flops(Generator(nc, length, nz, w), nc, length) - target))
+
+
+@contextlib.contextmanager
+def batch_stats_only(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with batch statistics but leave their running statistics alone
+    (the augmented views must not shift the statistics used to score clean beats)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradient for every parameter: the frozen teacher."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def adjust_bn_momentum(module: nn.Module) -> None:
+    """Two reference updates of the running statistics per step, folded into one (as the teacher's trainer does)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm1d) and m.momentum is not None:
+            m.momentum = 1.0 - (1.0 - m.momentum) ** 2

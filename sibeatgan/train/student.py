@@ -9,22 +9,21 @@ once per epoch. Only torch and numpy are needed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sibeatgan.augment import AugmentConfig, augment
+from sibeatgan.augment import AugmentConfig, apply_drawn, augment, draw
 from sibeatgan.device import Runtime
 from sibeatgan.evaluate import score as reconstruction_score
 from sibeatgan.losses import DiscriminatorLoss, StudentLoss, StudentLossOutput
 from sibeatgan.models import Discriminator, Generator
-from sibeatgan.models.student import ProjectionHead, encoder_stages
+from sibeatgan.models.student import ProjectionHead, adjust_bn_momentum, batch_stats_only, encoder_stages, freeze
 from sibeatgan.train.checkpoint import cpu_state
 from sibeatgan.train.teacher import WARMUP_STEPS, CudaGraphs
 
@@ -46,35 +45,6 @@ class GeneratorCudaGraphs(CudaGraphs):
         for gen in self.generators:
             register(gen)
         super().capture(fn)
-
-
-@contextlib.contextmanager
-def batch_stats_only(module: nn.Module) -> Iterator[None]:
-    """BatchNorm layers normalise with batch statistics but leave their running statistics alone
-    (the augmented views must not shift the statistics used to score clean beats)."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    for m in bns:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in bns:
-            m.track_running_stats = True
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Eval mode and no gradient for every parameter: the frozen teacher."""
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def adjust_bn_momentum(module: nn.Module) -> None:
-    """Two reference updates of the running statistics per step, folded into one (as the teacher's trainer does)."""
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm1d) and m.momentum is not None:
-            m.momentum = 1.0 - (1.0 - m.momentum) ** 2
 
 
 class StudentTrainer:
@@ -137,7 +107,9 @@ class StudentTrainer:
         self.graphs = graphs
         self._capturable = runtime.is_cuda and isinstance(self.graphs, CudaGraphs)
         self._fused = runtime.is_cuda
-        opt = dict(lr=lr, betas=betas, capturable=self._capturable, fused=self._fused or None)
+        # on CUDA a tensor lr, so that set_hparams(lr=...) reaches a captured graph too
+        lr_value = torch.tensor(float(lr), device=dev) if self._fused else float(lr)
+        opt = dict(lr=lr_value, betas=betas, capturable=self._capturable, fused=self._fused or None)
         self.g_params = list(self.G.parameters()) + list(self.head.parameters())
         self.opt_g = torch.optim.Adam(self.g_params, **opt)
         self.opt_d = torch.optim.Adam(self.D.parameters(), **opt)
@@ -407,9 +379,15 @@ class BatchedStudentTrainer:
         return g
 
     def _views(self, xm: torch.Tensor) -> torch.Tensor:
-        """(K, b, nc, L) -> the two views of each member's batch, drawn from its own generator: (K, 2b, nc, L)."""
-        cfg = self.augment_config
-        return torch.stack([torch.cat([augment(x, cfg, g), augment(x, cfg, g)]) for x, g in zip(xm, self.aug_gens)])
+        """(K, b, nc, L) -> the two views of each member's batch, drawn from its own generator: (K, 2b, nc, L).
+
+        Parameters are drawn per member (the same stream as StudentTrainer.views), then applied to all at once."""
+        k, b, nc, length = xm.shape
+        cfg, dev = self.augment_config, xm.device
+        draws = [draw(b, nc, length, cfg, g, device=dev) for g in self.aug_gens for _ in range(2)]
+        params = {name: torch.cat([d[name] for d in draws]) for name in draws[0]}
+        views = apply_drawn(xm.repeat(1, 2, 1, 1).reshape(k * 2 * b, nc, length), params, cfg)
+        return views.reshape(k, 2 * b, nc, length)
 
     def step(self) -> None:
         """One D step and one G step of every member; the same callable runs eagerly and under capture."""
