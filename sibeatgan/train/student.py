@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from sibeatgan.augment import AugmentConfig, apply_drawn, augment, draw
 from sibeatgan.device import Runtime
@@ -406,7 +405,7 @@ class BatchedStudentTrainer:
                 rec, code = self.G(x)
             logit_real = to_members(self.D.head(self.D.features(x)), k).reshape(k, b)
             logit_fake = to_members(self.D.head(self.D.features(rec.detach())), k).reshape(k, b)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        bce = torch.nn.functional.binary_cross_entropy_with_logits  # per member: reduction over the batch only
         err_d = (bce(logit_real.float(), torch.ones_like(logit_real.float()), reduction="none").mean(-1)
                  + bce(logit_fake.float(), torch.zeros_like(logit_fake.float()), reduction="none").mean(-1))
         self.opt_d.zero_grad()
