@@ -10,6 +10,7 @@ once per epoch. Only torch and numpy are needed.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.student import ProjectionHead, adjust_bn_momentum, batch_stats_only, encoder_stages, freeze
 from sibeatgan.train.checkpoint import cpu_state
 from sibeatgan.train.teacher import WARMUP_STEPS, CudaGraphs
+
+log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_d", "loss", "loss_g", "loss_rec", "loss_fm", "loss_kd", "loss_con")
 INITS = ("teacher", "scratch")
@@ -201,7 +204,13 @@ class StudentTrainer:
             self.graphs.warmup(self.step)
             self._warm += 1
         else:
-            self.graphs.capture(self.step)
+            try:
+                self.graphs.capture(self.step)
+            except Exception as err:  # noqa: BLE001 - as the teacher: any capture failure falls back to eager steps
+                log.warning("CUDA graph capture failed (%s: %s); continuing with eager steps", type(err).__name__, err)
+                self.graphs = None
+                self.step()
+                return
             self._captured = True
             self.graphs.replay()
 
