@@ -5,6 +5,8 @@ Generator: throughput does not depend on what the weights are. K sequential runs
 time, so their aggregate beats/s is one run's beats/s; a batched run's aggregate is K * batch * steps / time.
 Each figure is the fastest of `--repeats` timed epochs after one warm-up epoch (on CUDA the warm-up epoch
 also captures the CUDA graph), the runs interleaved so that load from other processes hits both alike.
+Beside wall-clock beats/s, beats per CPU-second of this process (time.process_time) are reported: on a
+CPU shared with other jobs they measure the work done rather than the share of the CPU obtained.
 
     PYTHONPATH=. python bench/bench_batched.py --device cpu --steps 2 --members 1,4,8,16
     PYTHONPATH=. python bench/bench_batched.py --device cuda --steps 50 --batch-size 64 --json bench/batched_gpu.json
@@ -17,6 +19,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -78,28 +81,35 @@ def main() -> None:
     for trainer, _ in runs.values():  # warm-up epoch (and graph capture)
         trainer.train_epoch()
     best: dict[tuple, float] = {key: float("inf") for key in runs}
+    cpu: dict[tuple, float] = {key: float("inf") for key in runs}
     for _ in range(args.repeats):
         for key, (trainer, _) in runs.items():
             if rt.is_cuda:
                 torch.cuda.synchronize(rt.device)
+            started = time.process_time()
             best[key] = min(best[key], trainer.train_epoch()["train_seconds"])
+            cpu[key] = min(cpu[key], time.process_time() - started)
     beats = args.batch_size * args.steps
     single = beats / best[("single", 1, "-")]
+    single_cpu = beats / cpu[("single", 1, "-")]
     rows = []
     for (kind, k, impl), seconds in best.items():
         if kind == "single":
             continue
+        per_cpu = k * beats / cpu[(kind, k, impl)]
         rows.append({"K": k, "impl": impl, "batched_beats_per_s": k * beats / seconds, "sequential_beats_per_s": single,
-                     "speedup_vs_sequential": k * beats / seconds / single, "step_ms": 1e3 * seconds / args.steps})
+                     "speedup_vs_sequential": k * beats / seconds / single, "step_ms": 1e3 * seconds / args.steps,
+                     "batched_beats_per_cpu_s": per_cpu, "sequential_beats_per_cpu_s": single_cpu, "cpu_speedup": per_cpu / single_cpu})
     result = {
         "device": rt.describe(), "torch": torch.__version__, "platform": platform.platform(), "processor": platform.processor(),
         "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()},
         "single_beats_per_s": single, "single_step_ms": 1e3 * best[("single", 1, "-")] / args.steps, "rows": rows,
     }
     print(f"device {rt.describe()}; one run: {single:,.0f} beats/s ({result['single_step_ms']:.1f} ms/step)")
-    print(f"{'K':>3} {'impl':>8} {'batched b/s':>12} {'sequential b/s':>15} {'speedup':>8}")
+    print(f"{'K':>3} {'impl':>8} {'batched b/s':>12} {'sequential b/s':>15} {'speedup':>8} {'b/cpu-s':>9} {'seq b/cpu-s':>12} {'cpu speedup':>12}")
     for r in rows:
-        print(f"{r['K']:>3} {r['impl']:>8} {r['batched_beats_per_s']:>12,.0f} {r['sequential_beats_per_s']:>15,.0f} {r['speedup_vs_sequential']:>8.2f}")
+        print(f"{r['K']:>3} {r['impl']:>8} {r['batched_beats_per_s']:>12,.0f} {r['sequential_beats_per_s']:>15,.0f} {r['speedup_vs_sequential']:>8.2f}"
+              f" {r['batched_beats_per_cpu_s']:>9,.0f} {r['sequential_beats_per_cpu_s']:>12,.0f} {r['cpu_speedup']:>12.2f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -36,6 +36,8 @@ class _Members:
     impl: str = "auto"
 
     def _loop(self, x: torch.Tensor) -> bool:
+        if self.members == 1:  # one member: the grouped module is the ordinary one
+            return False
         return self.impl == "loop" or (self.impl == "auto" and x.device.type == "cpu")
 
 
@@ -143,8 +145,8 @@ def from_members(x: torch.Tensor) -> torch.Tensor:
 class MultiAdam:
     """Adam (torch.optim.Adam's formula, no weight decay) over grouped parameters, one lr per member.
 
-    The parameters become views into one flat buffer, so a step is some twenty whole-buffer kernels whatever the
-    number of layers (K-member Adam with a Python loop per parameter cost about as much as the convolutions).
+    Gradients are gathered member-major into one (K, P) buffer, so the update is a dozen whole-buffer kernels with
+    (K, 1) per-member factors, whatever the number of layers, and is written back with one multi-tensor subtraction.
     lr: a (K,) device tensor, changed in place between steps. step(active) moves only the members where the (K,)
     bool `active` holds; the others keep their weights, moments and step counts exactly. Every value lives on
     the device and no step reads it back, so the step can be captured in a CUDA graph."""
@@ -155,24 +157,13 @@ class MultiAdam:
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = float(eps)
         k = self.members = lr.shape[0]
-        sizes = [p.numel() for p in self.params]
-        if any(n % k for n in sizes):
+        if any(p.numel() % k for p in self.params):
             raise ValueError(f"every parameter must hold {k} members' values")
-        with torch.no_grad():
-            self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-            offset = 0
-            for p, n in zip(self.params, sizes):
-                p.data = self.flat[offset : offset + n].view_as(p)
-                offset += n
-        # element i of the flat buffer belongs to member (i within its parameter) // (its size / K)
-        self._repeats = torch.tensor([n // k for n in sizes for _ in range(k)], device=lr.device)
-        self.exp_avg = torch.zeros_like(self.flat)
-        self.exp_avg_sq = torch.zeros_like(self.flat)
+        self.sizes = [p.numel() // k for p in self.params]
+        total = sum(self.sizes)
+        self.exp_avg = torch.zeros(k, total, dtype=torch.float32, device=lr.device)
+        self.exp_avg_sq = torch.zeros_like(self.exp_avg)
         self.steps = torch.zeros(k, dtype=torch.float32, device=lr.device)  # per member: a frozen member's count stays put
-
-    def _spread(self, per_member: torch.Tensor) -> torch.Tensor:
-        """A (K,) value for every element of the flat buffer."""
-        return torch.repeat_interleave(per_member.repeat(len(self.params)), self._repeats, output_size=self.flat.numel())
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -180,18 +171,19 @@ class MultiAdam:
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params])
+        k = self.members
+        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(k, -1).float() for p in self.params], 1)
         self.steps.add_(active.to(self.steps.dtype))
         steps = self.steps.clamp(min=1.0)
-        on = self._spread(active)
-        step_size = self._spread(self.lr / (1 - self.beta1**steps))
-        bc2_sqrt = self._spread((1 - self.beta2**steps).sqrt())
+        on = active.reshape(k, 1)
+        step_size = (self.lr / (1 - self.beta1**steps)).reshape(k, 1)
+        bc2_sqrt = (1 - self.beta2**steps).sqrt().reshape(k, 1)
         m_new = torch.lerp(self.exp_avg, grad, 1 - self.beta1)
         v_new = self.exp_avg_sq * self.beta2 + (1 - self.beta2) * grad * grad
-        update = step_size * m_new / (v_new.sqrt() / bc2_sqrt + self.eps)
+        update = torch.where(on, step_size * m_new / (v_new.sqrt() / bc2_sqrt + self.eps), 0.0)
         self.exp_avg.copy_(torch.where(on, m_new, self.exp_avg))
         self.exp_avg_sq.copy_(torch.where(on, v_new, self.exp_avg_sq))
-        self.flat.sub_(torch.where(on, update, torch.zeros_like(update)))
+        torch._foreach_sub_([p.view(k, -1) for p in self.params], list(update.split(self.sizes, 1)))
 
     def state_dict(self) -> dict[str, object]:
         """Copies on the CPU of the moments, step counts and learning rates."""

@@ -445,8 +445,7 @@ class BatchedStudentTrainer:
             ok = self.active & self.alive & finite
             self.opt_g.step(ok)
             for now, before in zip(bn_running(self.G) + bn_running(self.D), running):  # frozen members keep their running statistics
-                per = now.numel() // k
-                now.copy_(torch.where(ok.repeat_interleave(per), now, before))
+                now.copy_(torch.where(ok.reshape(k, 1), now.view(k, -1), before.view(k, -1)).view(-1))
             self.alive &= finite | ~self.active
             values = torch.stack([err_d.detach(), *(t.detach() for t in terms)], 1)
             self.sums.add_(torch.where(self.active.unsqueeze(1), values, torch.zeros_like(values)))
