@@ -319,7 +319,9 @@ class BatchedStudentTrainer:
         self.rt, dev = runtime, runtime.device
         self.kd, self.batch_size = kd, int(batch_size)
         self.augment_config = augment_config or AugmentConfig()
-        self.seeds = [int(s) for s in _per_member(seed, k, "seed")]
+        # a single seed s gives members s, s+1, ...: identical members would waste the batch
+        seeds = [int(seed) + i for i in range(k)] if isinstance(seed, int) else _per_member(seed, k, "seed")
+        self.seeds = [int(s) for s in seeds]
         self.inits = _per_member(init, k, "init")
         nc, length, nz = teacher.nc, teacher.length, teacher.nz
         ngf = teacher.ngf if ngf is None else int(ngf)
