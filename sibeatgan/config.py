@@ -171,7 +171,7 @@ class StudentConfig(Section):
     alpha: float = 1.0  # distillation weight
     T: float = 4.0  # distillation temperature
     kd_direction: Literal["seed", "hinton"] = "seed"  # seed: KL(s || t); hinton: KL(t || s) * T^2
-    kd_target: Literal["latent", "features"] = "latent"  # latent code, or feature maps (attention transfer)
+    kd_target: Literal["latent", "attention"] = "latent"  # latent code, or feature maps (attention transfer)
     beta: float = 0.1  # contrastive weight
     tau: float = 0.2  # NT-Xent temperature
     score: Literal["reconstruction", "discrepancy", "combined"] = "reconstruction"

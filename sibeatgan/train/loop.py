@@ -191,7 +191,8 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
     val_normal = val_labels == 0
     if not val_normal.any():
         raise CheckpointError("the validation split holds no normal beats; cannot select a model")
-    device = next(trainer.generator(0).parameters()).device
+    rt = getattr(trainer, "rt", None)
+    device = rt.device if rt is not None else next(trainer.generator(0).parameters()).device
     trainer.set_train_data(data.train_x)
     val_x = data.val_x.to(device, torch.float32)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.json"
