@@ -97,8 +97,8 @@ def test_on_step_and_state_round_trip():
     calls = []
     a = StudentTrainer(teacher(), CPU, init="scratch", seed=1, **SMALL)
     a.set_train_data(data())
-    a.train_epoch(on_step=calls.append)
-    assert calls == [0, 1, 2, 3]
+    a.train_epoch(on_step=lambda i, n: calls.append((i, n)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
     state = a.state_dict()
     b = StudentTrainer(teacher(), CPU, init="scratch", seed=99, alpha=5.0, **SMALL)
     b.load_state_dict(state)
