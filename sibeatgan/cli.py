@@ -265,6 +265,7 @@ def tune(
     split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
+    track: bool = TrackOpt,
 ) -> None:
     """Search the student's lambda, T, tau (and alpha, beta, lr) with Optuna; live view: `optuna-dashboard OUT/study.journal`.
 
@@ -280,7 +281,8 @@ def tune(
     tune_conf = _config(cfg.TuneConfig, config, tune_sets, n_trials=trials, workers=workers, group_size=group_size, storage=storage)
     student_conf = _config(cfg.StudentConfig, config, student_sets)
     t = time.perf_counter()
-    result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path)
+    tracking = cfg.load_config(cfg.TrackingConfig, config) if track else None
+    result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path, tracking=tracking)
     _done("tune", t, result, ("trial", "value", "criterion", "params", "trials"))
     typer.echo(f"best trial {result['trial']}: {result['criterion']} {result['value']:.6g} {json.dumps(result['params'])}; "
                f"train it with: sibeatgan train-student --config {Path(out) / 'best.json'} ...")
