@@ -141,6 +141,9 @@ class EvaluateConfig:
     batch_size: int = 4096
     amp: bool = False  # bf16 autocast for scoring (CUDA, or CPUs with bf16 units)
     plots: bool = True
+    bootstrap: Literal["record", "beat"] = "record"  # resample records (patients) or beats within each class
+    threshold_rule: Literal["far", "f1"] = "far"  # when the model file has none: false-alarm rate or best F1 on validation
+    far: float = 0.01  # false-alarm rate on normal validation beats for threshold_rule "far"
 
 
 C = TypeVar("C")

@@ -25,7 +25,7 @@ import torch
 
 from sibeatgan.device import Runtime
 from sibeatgan.errors import CheckpointError
-from sibeatgan.evaluate import ranked_metrics, score
+from sibeatgan.metrics import ranked_metrics, score
 from sibeatgan.files import write_json
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
 from sibeatgan.models import Discriminator, Generator
