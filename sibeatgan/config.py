@@ -142,7 +142,7 @@ class EvaluateConfig:
     amp: bool = False  # bf16 autocast for scoring (CUDA, or CPUs with bf16 units)
     plots: bool = True
     bootstrap: Literal["record", "beat"] = "record"  # resample records (patients) or beats within each class
-    threshold_rule: Literal["far", "f1"] = "far"  # when the model file has none: false-alarm rate or best F1 on validation
+    threshold_rule: Literal["auto", "far", "f1"] = "auto"  # model file without one: auto = f1 for selection=paper, else far
     far: float = 0.01  # false-alarm rate on normal validation beats for threshold_rule "far"
 
 

@@ -52,12 +52,16 @@ def _score_split(gen: torch.nn.Module, ds: BeatDataset, index: np.ndarray, confi
 
 
 def _threshold(meta: dict[str, Any], val_scores: np.ndarray | None, val_labels: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
-    """The operating threshold: the one saved with the model when present, else chosen on its validation split."""
+    """The operating threshold: the one saved with the model when present, else chosen on its validation split
+    (rule "auto": best validation F1 for a model selected by the paper protocol, else config.far false alarms)."""
     if meta.get("threshold") is not None:
         return {"threshold": float(meta["threshold"]), "source": "model", "rule": meta.get("threshold_rule"), "far": meta.get("threshold_far")}
     assert val_scores is not None
-    value = choose_threshold(val_scores, val_labels, config.threshold_rule, config.far)
-    return {"threshold": value, "source": "validation", "rule": config.threshold_rule, "far": config.far if config.threshold_rule == "far" else None}
+    rule = config.threshold_rule
+    if rule == "auto":  # the paper protocol labels validation anomalies; the clean one does not look at them
+        rule = "f1" if meta.get("selection") == "paper" else "far"
+    value = choose_threshold(val_scores, val_labels, rule, config.far)
+    return {"threshold": value, "source": "validation", "rule": rule, "far": config.far if rule == "far" else None}
 
 
 def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] | Path, out: Path) -> dict[str, Any]:

@@ -61,15 +61,16 @@ def _weighted(pos_w: np.ndarray, neg_w: np.ndarray) -> dict[str, np.ndarray]:
     """AUC, AP, best F1 (and its group) from rows of per-tie-group positive/negative weights, scores descending.
 
     AP is sklearn's: the sum over thresholds of (recall step) x precision. A group where the recall steps
-    holds a positive, so tp + fp > 0 there; groups with no weight in a resample add nothing (precision 0 is
-    only ever multiplied by a zero step). Callers guarantee every row has positives and negatives.
+    holds a positive, so tp + fp > 0 there; groups with no weight in a resample add nothing (their precision
+    is only ever multiplied by a zero step). Callers guarantee every row has positives and negatives.
     """
     p, n = pos_w.sum(1), neg_w.sum(1)
     tp, fp = np.cumsum(pos_w, 1), np.cumsum(neg_w, 1)
-    flagged = tp + fp
-    precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
-    auc = (pos_w * (n[:, None] - fp + 0.5 * neg_w)).sum(1) / (p * n)
-    ap = (pos_w * precision).sum(1) / p
+    rowdot = lambda x, y: np.einsum("ij,ij->i", x, y)  # noqa: E731  (row-wise sums without a (b, g) temporary)
+    # negatives ranked below a positive's group, plus half of those tied with it
+    auc = (p * n - rowdot(pos_w, fp) + 0.5 * rowdot(pos_w, neg_w)) / (p * n)
+    flagged = tp + fp  # weights are counts, so flagged is 0 or at least 1, and tp is 0 where flagged is 0
+    ap = rowdot(pos_w, tp / np.maximum(flagged, 1.0)) / p
     f1 = 2 * tp / (flagged + p[:, None])
     best = np.argmax(f1, 1)
     return {"auc": auc, "ap": ap, "f1": f1[np.arange(f1.shape[0]), best], "best": best}
@@ -89,8 +90,7 @@ class _Ranking:
         """Metrics of each row of beat weights `w` (b, n), beats in input order."""
         ws = w[:, self.order]
         pos_w = np.add.reduceat(ws * self.pos, self.starts, axis=1)
-        neg_w = np.add.reduceat(ws * (1.0 - self.pos), self.starts, axis=1)
-        return _weighted(pos_w, neg_w)
+        return _weighted(pos_w, np.add.reduceat(ws, self.starts, axis=1) - pos_w)
 
 
 def _check(scores: np.ndarray, positive: np.ndarray, who: str) -> None:

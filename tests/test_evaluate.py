@@ -28,7 +28,7 @@ def fake_generator(path: Path, dataset: Path, fold: int, seed: int | None = None
     ds = artifact.load(dataset)
     torch.manual_seed(fold if seed is None else seed)
     cfg = to_dict(TeacherConfig(fold=fold, **config))
-    save_generator(path, Generator(ds.leads, ds.length, nz=8, ngf=8), selection="clean", epoch=3, config=cfg,
+    save_generator(path, Generator(ds.leads, ds.length, nz=8, ngf=8), selection=cfg["selection"], epoch=3, config=cfg,
                    dataset_hash=ds.content_hash(), **(meta or {}))
     return path
 
@@ -83,6 +83,9 @@ def test_threshold_saved_with_the_model_wins_and_rules_are_recorded(synth_datase
     assert f1["operating"]["rule"] == "f1" and f1["operating"]["far"] is None
     assert f1["operating"]["threshold"] == choose_threshold(kept["val_scores"], kept["val_labels"], "f1")
     assert "best validation F1" in format_table({"folds": {"0": f1}, "overall": {}})
+    paper = fake_generator(tmp_path / "paper.pt", synth_dataset, 0, selection="paper")
+    auto = run_evaluate(EvaluateConfig(**quick), synth_dataset, paper, tmp_path / "e4")["folds"]["0"]
+    assert auto["operating"]["rule"] == "f1" and auto["operating"]["threshold"] == f1["operating"]["threshold"]
     with pytest.raises(ConfigError, match="EvaluateConfig.far"):
         run_evaluate(EvaluateConfig(far=0.0, **quick), synth_dataset, plain, tmp_path / "e3")
 
