@@ -93,6 +93,9 @@ def run_compare(
             odd = sorted(folds_a ^ folds_b, key=int)[0]
             raise DatasetError(f"fold {odd} is evaluated in only one of {pa} and {pb}: both sides need the same folds")
         for fold in sorted(folds_a, key=int):
+            split_a, split_b = (evaluations[p]["folds"][fold].get("split_hash") for p in (pa, pb))
+            if split_a and split_b and split_a != split_b:
+                raise DatasetError(f"fold {fold}: {pa} used split {split_a[:12]} and {pb} split {split_b[:12]}; compare models of one split")
             a, b = _read_scores(pa, fold, records), _read_scores(pb, fold, records)
             if a["index"].shape != b["index"].shape or not np.array_equal(a["index"], b["index"]):
                 differ = np.setxor1d(a["index"], b["index"]).shape[0]
@@ -107,7 +110,8 @@ def run_compare(
 
     boot = dict(n_bootstrap=config.n_bootstrap, seed=config.seed, ci=config.ci)
     per_fold = {fold: paired_compare_units(u, **boot) for fold, u in units.items()}
-    pooled = paired_compare_units([x for u in units.values() for x in u], **boot)
+    # one fold: pooled is that fold (the same units and draws), so it is not bootstrapped twice
+    pooled = next(iter(per_fold.values())) if len(units) == 1 else paired_compare_units([x for u in units.values() for x in u], **boot)
     from sibeatgan.config import to_dict
 
     result = {

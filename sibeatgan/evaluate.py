@@ -121,7 +121,7 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
             from sibeatgan.plots import plot
 
             m["plots"] = [str(p) for p in plot(scores, labels, fold_dir, f"fold {fold}", result=m)]
-        m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name)
+        m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name, split_hash=meta.get("split_hash"))
         folds[str(fold)] = m
         log.info("fold %s: AUC %.4f AP %.4f best F1 (oracle) %.4f, F1 %.4f at threshold %.4g on %d test beats (%s)", fold,
                  m["auc"], m["ap"], m["f1_oracle"], m["operating"]["f1"], chosen["threshold"], m["n"], path)

@@ -86,9 +86,9 @@ class _Ranking:
         self.values = s[self.starts]
         self.pos = positive[self.order].astype(np.float64)
 
-    def evaluate(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """Metrics of each row of beat weights `w` (b, n), beats in input order."""
-        ws = w[:, self.order]
+    def evaluate(self, w: np.ndarray | _Draw, unit: int = 0) -> dict[str, np.ndarray]:
+        """Metrics of each row of beat weights: `w` (b, n) with beats in input order, or unit `unit` of a draw."""
+        ws = w.weights(unit, self.order) if isinstance(w, _Draw) else w[:, self.order]
         pos_w = np.add.reduceat(ws * self.pos, self.starts, axis=1)
         return _weighted(pos_w, np.add.reduceat(ws, self.starts, axis=1) - pos_w)
 
@@ -151,15 +151,15 @@ class _Sampler:
     def _bad(self, counts: np.ndarray) -> np.ndarray:
         return ((counts @ self.pos_per.T) == 0).any(1) | ((counts @ self.neg_per.T) == 0).any(1)
 
-    def draw(self, rng: np.random.Generator, b: int) -> list[np.ndarray]:
-        """(b, n_u) float weights for each unit."""
+    def draw(self, rng: np.random.Generator, b: int) -> _Draw:
+        """`b` resamples: beat multiplicities (beat level) or record multiplicities (record level)."""
         self.drawn += b
         if self.gids is None:
             pos = self.positives[0]
             w = np.zeros((b, pos.shape[0]))
             for member in (np.flatnonzero(pos), np.flatnonzero(~pos)):
                 w[:, member] = _counts(rng, b, member.shape[0])
-            return [w]
+            return _Draw(w, None)
         counts = _counts(rng, b, self.n_groups).astype(np.float64)
         bad = self._bad(counts)
         while bad.any():
@@ -171,7 +171,27 @@ class _Sampler:
                 )
             counts[bad] = _counts(rng, int(bad.sum()), self.n_groups)
             bad = self._bad(counts)
-        return [counts[:, g] for g in self.gids]
+        return _Draw(counts, self.gids)
+
+
+class _Draw:
+    """One chunk of resamples: (b, n) beat multiplicities, or (b, records) multiplicities with each unit's record ids."""
+
+    def __init__(self, counts: np.ndarray, gids: list[np.ndarray] | None):
+        self.counts, self.gids = counts, gids
+
+    def weights(self, unit: int, order: np.ndarray | None = None) -> np.ndarray:
+        """(b, n_unit) beat weights, beats in `order` (default: input order); one gather either way."""
+        if self.gids is None:
+            return self.counts if order is None else self.counts[:, order]
+        gid = self.gids[unit]
+        return self.counts[:, gid if order is None else gid[order]]
+
+    def sums(self, unit: int, values: np.ndarray) -> np.ndarray:
+        """(b,) weighted sum of one value per beat: per record first, so no (b, n) array is made."""
+        if self.gids is None:
+            return self.counts @ values.astype(np.float64)
+        return self.counts @ np.bincount(self.gids[unit], weights=values.astype(np.float64), minlength=self.counts.shape[1])
 
 
 def _chunks(n_bootstrap: int, n: int) -> list[int]:
@@ -179,10 +199,11 @@ def _chunks(n_bootstrap: int, n: int) -> list[int]:
     return [min(step, n_bootstrap - s) for s in range(0, n_bootstrap, step)]
 
 
-def _operating(w: np.ndarray, flagged: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+def _operating(w: np.ndarray | _Draw, flagged: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
     """F1, precision (0 when nothing is flagged, as sklearn's zero_division=0), recall, false-alarm rate per weight row."""
-    tp, fp = w @ (flagged & positive), w @ (flagged & ~positive)
-    p, n = w @ positive, w @ ~positive
+    draw = w if isinstance(w, _Draw) else _Draw(w, None)
+    tp, fp = draw.sums(0, flagged & positive), draw.sums(0, flagged & ~positive)
+    p, n = draw.sums(0, positive), draw.sums(0, ~positive)
     precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
     return {"f1": 2 * tp / (tp + fp + p), "precision": precision, "recall": tp / p, "false_alarm_rate": fp / n}
 
@@ -206,7 +227,7 @@ def bootstrap(
     rng = np.random.default_rng(seed)
     out: dict[str, list[np.ndarray]] = {}
     for b in _chunks(n_bootstrap, scores.shape[0]):
-        (w,) = sampler.draw(rng, b)
+        w = sampler.draw(rng, b)
         r = rank.evaluate(w)
         parts = {k: r[k] for k in ("auc", "ap", "f1")}
         if flagged is not None:
@@ -382,8 +403,8 @@ def paired_compare_units(
     rng = np.random.default_rng(seed)
     samples: dict[str, list[np.ndarray]] = {k: [] for k in ("auc_a", "auc_b", "ap_a", "ap_b")}
     for chunk in _chunks(n_bootstrap, sum(p.shape[0] for p in positives)):
-        weights = sampler.draw(rng, chunk)
-        per_unit = [(ra.evaluate(w), rb.evaluate(w)) for (ra, rb), w in zip(ranks, weights)]
+        draw = sampler.draw(rng, chunk)
+        per_unit = [(ra.evaluate(draw, u), rb.evaluate(draw, u)) for u, (ra, rb) in enumerate(ranks)]
         for key in ("auc", "ap"):
             samples[f"{key}_a"].append(np.mean([ra[key] for ra, _ in per_unit], axis=0))
             samples[f"{key}_b"].append(np.mean([rb[key] for _, rb in per_unit], axis=0))

@@ -84,6 +84,13 @@ def test_compare_refuses_evaluations_on_other_beats(synth_dataset, evaluations, 
     run_evaluate(EvaluateConfig(n_bootstrap=0, plots=False), synth_dataset, g, one_fold)
     with pytest.raises(DatasetError, match="fold 1 is evaluated in only one"):
         run_compare(QUICK, synth_dataset, e["a0"], one_fold, tmp_path / "c3")
+    hashed = {}
+    for name in ("s1", "s2"):
+        g = fake_generator(tmp_path / f"{name}.pt", synth_dataset, 0, meta={"split_hash": name * 32})
+        hashed[name] = tmp_path / f"e_{name}"
+        run_evaluate(EvaluateConfig(n_bootstrap=0, plots=False), synth_dataset, g, hashed[name])
+    with pytest.raises(DatasetError, match="fold 0: .* used split s1s1"):
+        run_compare(QUICK, synth_dataset, hashed["s1"], hashed["s2"], tmp_path / "c5")
     with pytest.raises(DatasetError, match="evaluation.json is missing"):
         run_compare(QUICK, synth_dataset, e["a0"], tmp_path, tmp_path / "c4")
     assert not (tmp_path / "c1").exists()  # nothing written on a refusal

@@ -141,7 +141,7 @@ def test_bootstrap_ap_is_finite_when_resamples_miss_the_top_beat():
     top = int(np.argmax(scores))
     boot = bootstrap(scores, positive, 1000, seed=1)
     assert np.isfinite(boot["ap"]).all() and boot["ap"].shape == (1000,)
-    missed = (_Sampler([positive], None).draw(np.random.default_rng(1), 1000)[0][:, top] == 0).sum()
+    missed = (_Sampler([positive], None).draw(np.random.default_rng(1), 1000).weights(0)[:, top] == 0).sum()
     assert 300 < missed < 450
     lo, hi = interval(boot["ap"], 0.95)
     assert lo < average_precision_score(positive, scores) < hi
@@ -166,7 +166,7 @@ def test_bootstrap_distribution_equals_sklearn_on_every_resample(level):
     groups = None if level == "beat" else rng.integers(0, 12, n).astype(str)
     boot = bootstrap(scores, positive, 300, seed=5, groups=groups)
     sampler = _Sampler([positive], None if groups is None else [groups])
-    weights = sampler.draw(np.random.default_rng(5), 300)[0]
+    weights = sampler.draw(np.random.default_rng(5), 300).weights(0)
     ref = _sklearn_per_resample(scores, positive, weights)
     np.testing.assert_allclose(boot["auc"], ref["auc"], atol=1e-12)
     np.testing.assert_allclose(boot["ap"], ref["ap"], atol=1e-12)
@@ -180,7 +180,7 @@ def test_record_bootstrap_draws_whole_records_and_redraws_resamples_without_a_cl
     groups = np.repeat(np.array([f"r{i}" for i in range(10)]), 30)
     positive = np.zeros(300, bool)
     positive[:12] = True  # every anomaly is in record r0
-    weights = _Sampler([positive], [groups]).draw(rng, 200)[0]
+    weights = _Sampler([positive], [groups]).draw(rng, 200).weights(0)
     per_record = weights.reshape(200, 10, 30)
     assert (per_record == per_record[:, :, :1]).all()  # a drawn record brings every one of its beats
     assert (per_record[:, :, 0].sum(1) == 10).all() and (per_record[:, 0, 0] > 0).all()
@@ -252,7 +252,7 @@ def test_paired_compare_deltas_equal_sklearn_on_the_same_resampled_beats():
     positive = rng.random(n) < 0.3
     a, b = np.round(rng.normal(size=n) + positive, 1), np.round(rng.normal(size=n) + 1.3 * positive, 1)
     r = paired_compare(a, b, positive.astype(int), groups, n_bootstrap=200, seed=4, ci=0.9)
-    weights = _Sampler([positive], [groups]).draw(np.random.default_rng(4), 200)[0]
+    weights = _Sampler([positive], [groups]).draw(np.random.default_rng(4), 200).weights(0)
     ra, rb = _sklearn_per_resample(a, positive, weights), _sklearn_per_resample(b, positive, weights)
     for key in ("auc", "ap"):
         delta = rb[key] - ra[key]
