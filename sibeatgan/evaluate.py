@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from sibeatgan.data.artifact import CLASSES
 from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.files import atomic_open, write_json, write_text
 from sibeatgan.metrics import bootstrap, choose_threshold, metrics, ranked_metrics, score  # noqa: F401  (re-exported)
@@ -162,17 +163,20 @@ def format_table(result: dict[str, Any]) -> str:
               if m.get("auc_ci") else "no intervals (n_bootstrap=0)")
         op = m["operating"]
         lines += [f"fold {fold}: {m['n']:,} test beats{recs}, {m['n_anomalous']:,} anomalous ({100 * m['prevalence']:.1f}%); {ci}",
-                  f"  {'class':<6}{'n':>8}  {'AUC':<24}{'AP':<24}recall at threshold"]
-        lines.append(f"  {'all':<6}{m['n_anomalous']:>8,}  {_fmt(m['auc'], m.get('auc_ci')):<24}{_fmt(m['ap'], m.get('ap_ci')):<24}"
-                     f"{_fmt(op['recall'], op.get('recall_ci'))}")
-        for name, pc in m["per_class"].items():
-            lines.append(f"  {name:<6}{pc['n']:>8,}  {_fmt(pc['auc'], pc.get('auc_ci')):<24}{_fmt(pc['ap'], pc.get('ap_ci')):<24}"
-                         f"{_fmt(pc['recall'], pc.get('recall_ci')) if 'recall' in pc else '-'}")
+                  f"  {'class':<6}{'beats':>8}{'rec':>5}  {'AUC':<24}{'AP':<24}recall at threshold"]
+        rows = [("all", {**m, "n": m["n_anomalous"], "n_records": m.get("n_records_anomalous"), "recall": op["recall"], "recall_ci": op.get("recall_ci")})]
+        per_class = sorted(m["per_class"].items(), key=lambda kv: CLASSES.index(kv[0]) if kv[0] in CLASSES else len(CLASSES))
+        for name, pc in [*rows, *per_class]:
+            recall = _fmt(pc["recall"], pc.get("recall_ci")) if "recall" in pc else "-"
+            lines.append(f"  {name:<6}{pc['n']:>8,}{pc.get('n_records') or '-':>5}  {_fmt(pc['auc'], pc.get('auc_ci')):<24}"
+                         f"{_fmt(pc['ap'], pc.get('ap_ci')):<24}{recall}")
         lines.append(f"  threshold {op['threshold']:.6g} ({_rule_text(op)}): F1 {_fmt(op['f1'], op.get('f1_ci'))}, "
                      f"precision {_fmt(op['precision'], op.get('precision_ci'))}, false alarms {_fmt(op['false_alarm_rate'], op.get('false_alarm_rate_ci'))}")
         lines.append(f"  best F1 (oracle: threshold {m['threshold_oracle']:.6g} picked on these test beats): {_fmt(m['f1_oracle'], m.get('f1_oracle_ci'))}")
-        if m.get("redrawn"):
-            lines.append(f"  {m['redrawn']} record resample(s) lacking a class were drawn again")
+        redrawn = {"all": m.get("redrawn", 0), **{k: v.get("redrawn", 0) for k, v in m["per_class"].items()}}
+        if any(redrawn.values()):
+            counts = ", ".join(f"{k} {v}" for k, v in redrawn.items() if v)
+            lines.append(f"  record resamples drawn again because they lacked normal or anomalous beats: {counts}")
     if len(result["folds"]) > 1:
         o = result["overall"]
         parts = [f"{k} {o[k]['mean']:.4f} +- {o[k]['std']:.4f}" for k in ("auc", "ap", "f1_oracle", "f1_at_threshold")]

@@ -307,6 +307,7 @@ def metrics(
         "n_anomalous": int(positive.sum()),
         "prevalence": float(positive.mean()),
         "n_records": None if groups is None else int(np.unique(np.asarray(groups).astype(str)).shape[0]),
+        "n_records_anomalous": None if groups is None else int(np.unique(np.asarray(groups)[positive].astype(str)).shape[0]),
         "auc": ranked["auc"],
         "ap": ranked["ap"],
         "f1_oracle": ranked["f1"],
