@@ -151,6 +151,10 @@ def format_compare_table(result: dict[str, Any]) -> str:
     for name, r in rows:
         lines.append(f"{name:<8}{r['n']:>8,}{r['n_groups']:>5}  {r['auc_a']:>7.4f}{r['auc_b']:>8.4f}  {_delta(r, 'auc'):<36}"
                      f"{r['ap_a']:>7.4f}{r['ap_b']:>8.4f}  {_delta(r, 'ap')}")
+    redrawn = {name: r.get("redrawn", 0) for name, r in rows if r.get("redrawn")}
+    if redrawn:
+        lines.append("record resamples drawn again because a unit lacked normal or anomalous beats: "
+                     + ", ".join(f"{k} {v}" for k, v in redrawn.items()))
     if result["n_seeds"] > 1 or len(result["folds"]) > 1:
         lines.append(f"pooled: mean over {len(result['folds'])} fold(s) x {result['n_seeds']} seed(s); patients resampled jointly")
     return "\n".join(lines)

@@ -79,13 +79,11 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
 
     if not 0 < config.far < 1:
         raise ConfigError(f"EvaluateConfig.far: must be in (0, 1), got {config.far}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ds = load(dataset)
     content_hash = ds.content_hash()
     records = ds.records.astype(str)
     dev = resolve_device(config.device)
-    folds: dict[str, Any] = {}
+    checked = []  # every model is loaded and checked before anything is written
     for fold, path in _model_paths(models, tuple(config.folds)):
         gen, meta = load_generator(path, dev)
         trained = meta.get("config") or {}
@@ -101,6 +99,11 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
             raise DatasetError(f"{path}: trained on dataset {meta['dataset_hash'][:12]}, but {dataset} is {content_hash[:12]}")
         if (gen.nc, gen.length) != (ds.leads, ds.length):
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
+        checked.append((fold, path, gen, meta, trained, split_name))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folds: dict[str, Any] = {}
+    for fold, path, gen, meta, trained, split_name in checked:
         val, test = _splits_for(ds, trained, split_name, fold)
         labels, val_labels = ds.labels[test].astype(np.int64), ds.labels[val].astype(np.int64)
         scores = _score_split(gen, ds, test, config, dev)

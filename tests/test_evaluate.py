@@ -136,6 +136,11 @@ def test_run_evaluate_refuses_leaky_or_foreign_models(synth_dataset, tmp_path):
     g1 = fake_generator(tmp_path / "g1.pt", synth_dataset, 1)
     with pytest.raises(DatasetError, match="fold 1"):
         run_evaluate(EvaluateConfig(**quick), synth_dataset, {0: g1}, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()  # refused before anything is written
+    g0 = fake_generator(tmp_path / "g0.pt", synth_dataset, 0)
+    with pytest.raises(DatasetError, match="fold 1"):
+        run_evaluate(EvaluateConfig(folds=(0, 2), **quick), synth_dataset, {0: g0, 2: g1}, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()  # not even the good fold 0
     single = run_evaluate(EvaluateConfig(**quick), synth_dataset, g1, tmp_path / "eval")
     assert list(single["folds"]) == ["1"] and single["overall"]["auc"]["std"] is None
     other = synthetic_dataset(tmp_path / "other", n_normal=300, n_per_class=10, length=64, seed=4)
