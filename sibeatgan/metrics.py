@@ -17,7 +17,7 @@ import torch
 from sibeatgan.data.artifact import CLASSES
 
 _CELLS = 4_000_000  # resamples x beats held in memory at once
-_MAX_REDRAW = 100  # a record resample is redrawn when it lacks a class; give up past 100 redraws per resample
+_MAX_REDRAW = 100  # a record resample lacking a class is drawn again; give up past 100 redraws per resample on average
 
 
 def score(
