@@ -31,8 +31,10 @@ def evaluate(
     conf = step_config(EvaluateConfig, config_yaml, device=device, folds=())  # the model's own fold, whatever the file says
     result = run_evaluate(conf, Path(beats.path), Path(model.path), Path(evaluation.path))
     (fold, m), = result["folds"].items()
-    for key in ("auc", "ap", "f1", "threshold", "n"):
+    for key in ("auc", "ap", "f1_oracle", "threshold_oracle", "n"):
         metrics.log_metric(key, m[key])
+    for key in ("f1", "threshold", "precision", "recall", "false_alarm_rate"):  # at the threshold chosen without test labels
+        metrics.log_metric(f"{key}_at_threshold", m["operating"][key])
     metrics.metadata.update(fold=int(fold), seed=int(model.metadata.get("seed", 0)))
     scored = np.load(Path(evaluation.path) / f"fold_{fold}" / "scores.npz")
     roc.log_roc_curve(*roc_points(scored["scores"], scored["labels"] != 0))

@@ -301,7 +301,7 @@ def evaluate(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Score test beats by reconstruction error; AUC, AP, F1, per-class AUC, bootstrap CIs and plots."""
-    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.evaluate import format_table, run_evaluate
 
     conf = _config(cfg.EvaluateConfig, config, set_, folds=folds)
     if not conf.folds:
@@ -314,6 +314,7 @@ def evaluate(
         models = dict(zip(conf.folds, model))
     t = time.perf_counter()
     result = run_evaluate(conf, dataset, models, out, split=split_path)
+    typer.echo(format_table(result))
     _done("evaluate", t, result, ("overall",))
 
 
@@ -479,3 +480,21 @@ def pipeline_run(
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def compare(
+    a: list[Path] = typer.Option(..., "--a", help="Evaluation folder of model a (from `sibeatgan evaluate`); repeat for seeds."),
+    b: list[Path] = typer.Option(..., "--b", help="Evaluation folder of model b, one per --a, paired in order."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for compare.json and table.txt."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Beat dataset both were evaluated on (checked when given)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Paired comparison b - a of AUC and AP on identical test beats, with record-level bootstrap intervals and p-values."""
+    from sibeatgan.compare import format_compare_table, run_compare
+
+    t = time.perf_counter()
+    result = run_compare(_config(cfg.EvaluateConfig, config, set_), dataset, a, b, out)
+    typer.echo(format_compare_table(result))
+    _done("compare", t, {}, ())
