@@ -176,24 +176,45 @@ SplitPathOpt = typer.Option(None, "--split", help="Split artifact folder (defaul
 TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow: $MLFLOW_TRACKING_URI, tracking.tracking_uri, or OUT/../mlruns.db.")
 
 
-def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **tags: Any) -> Any:
-    """The step's MLflow run (journaled in OUT/tracking first; a server that is away never fails the step), or None.
-    The training loop logs the step's config (`model.*` params), every epoch's values and the dataset lineage."""
-    if not track:
-        return None
-    from sibeatgan.tracking import step_tracker
+class _StepTracker:
+    """The step's MLflow run, started when training starts (a step that fails before that leaves no run and no
+    folder behind); journaled in OUT/tracking first, so a server that is away never fails the step."""
 
-    tracking = cfg.load_config(cfg.TrackingConfig, config_path)
-    return step_tracker(tracking, out, step, tags={k: v for k, v in tags.items() if v is not None})
+    def __init__(self, config_path: Optional[Path], step: str, out: Path, tags: dict[str, Any]):
+        self.config_path, self.step, self.out, self.tags = config_path, step, out, tags
+        self.tracker: Any = None
+
+    def on_fit_start(self, info: dict[str, Any]) -> None:
+        from sibeatgan.tracking import step_tracker
+
+        tracking = cfg.load_config(cfg.TrackingConfig, self.config_path)
+        self.tracker = step_tracker(tracking, self.out, self.step, tags={k: v for k, v in self.tags.items() if v is not None})
+        self.tracker.on_fit_start(info)
+
+    def on_epoch_end(self, epoch: int, rows: Any, control: Any) -> None:
+        self.tracker.on_epoch_end(epoch, rows, control)
+
+    def on_fit_end(self, result: dict[str, Any]) -> None:
+        self.tracker.on_fit_end(result)
+
+    def finish(self, files: tuple[str, ...] = ()) -> None:
+        if self.tracker is None:
+            return
+        for name in files:
+            if (self.out / name).exists():
+                self.tracker.log_artifact(self.out / name)
+        self.tracker.finish()
 
 
-def _finish_tracker(tracker: Any, out: Path, files: tuple[str, ...] = ()) -> None:
-    if tracker is None:
-        return
-    for name in files:
-        if (out / name).exists():
-            tracker.log_artifact(out / name)
-    tracker.finish()
+def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **tags: Any) -> list[Any]:
+    """The step's tracking callbacks: one _StepTracker, or none with --no-track. The training loop logs the step's
+    config (`model.*` params), every epoch's values and the dataset lineage through it."""
+    return [_StepTracker(config_path, step, out, tags)] if track else []
+
+
+def _finish_tracker(callbacks: list[Any], files: tuple[str, ...] = ()) -> None:
+    for cb in callbacks:
+        cb.finish(files)
 
 
 @app.command("train-teacher")
@@ -216,10 +237,9 @@ def train_teacher(
 
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
-    tracker = _tracker(track, config, "train-teacher", out, protocol=conf.split, device=conf.device)
-    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path,
-                               callbacks=[tracker] if tracker else [])
-    _finish_tracker(tracker, out, ("metrics.json",))
+    tracking = _tracker(track, config, "train-teacher", out, protocol=conf.split, device=conf.device)
+    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
+    _finish_tracker(tracking, ("metrics.json",))
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
@@ -246,10 +266,9 @@ def train_student(
 
     t = time.perf_counter()
     conf = _config(cfg.StudentConfig, config, set_, epochs=epochs, fold=fold, device=device)
-    tracker = _tracker(track, config, "train-student", out, protocol=conf.split, device=conf.device)
-    result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path,
-                               callbacks=[tracker] if tracker else [])
-    _finish_tracker(tracker, out, ("metrics.json",))
+    tracking = _tracker(track, config, "train-student", out, protocol=conf.split, device=conf.device)
+    result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
+    _finish_tracker(tracking, ("metrics.json",))
     _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 

@@ -26,7 +26,8 @@ def _ci(m: dict[str, Any], key: str) -> str:
 def _rule(op: dict[str, Any]) -> str:
     rule = op.get("rule")
     if rule == "far":
-        return f"{100 * op.get('far', 0):g}% false alarms on validation"
+        far = op.get("far")
+        return f"{100 * far:g}% false alarms on validation" if far is not None else "false-alarm rate on validation"
     if rule == "f1":
         return "best validation F1"
     return str(op.get("source") or "given")

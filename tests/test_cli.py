@@ -53,6 +53,14 @@ def test_train_teacher_then_evaluate(synth_dataset, tmp_path):
             "--no-progress", *small)
     assert r.returncode == 0, r.stderr
     assert "train-teacher done" in r.stderr and '"criterion": "val_normal_mse"' in r.stderr and "best_metric" in r.stderr
+    # Tracked by default in the local store beside the output: config, every epoch, lineage.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id])
+    assert run.data.tags["step"] == "train-teacher" and run.data.params["model.ngf"] == "8"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_normal_mse")] == [1, 2]
+    assert run.data.tags["split_hash"] and run.data.tags["dataset_hash"]
     # Five folds asked for, one model given: refused, not quietly evaluated on one fold.
     r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--folds", "0,1,2,3,4")
     assert r.returncode == 2 and "give one --model per fold" in r.stderr

@@ -264,7 +264,8 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                                    criterion=criterion, metric=value, epoch=epoch, config=settings.config,
                                    member_config=(settings.member_configs or [None] * K)[k], dataset_hash=data.dataset_hash,
                                    split_hash=data.split_hash, protocol=data.protocol, fold=data.fold,
-                                   threshold=thresholds[k], threshold_rule=settings.threshold_rule)
+                                   threshold=thresholds[k], threshold_rule=settings.threshold_rule,
+                                   threshold_far=settings.threshold_far if settings.threshold_rule == "far" else None)
                 row["improved"] = improved
                 row["epoch_seconds"] = time.perf_counter() - started
                 histories[k].append(row)
