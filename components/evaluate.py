@@ -33,8 +33,10 @@ def evaluate(
     (fold, m), = result["folds"].items()
     for key in ("auc", "ap", "f1", "threshold", "n"):
         metrics.log_metric(key, m[key])
-    metrics.metadata.update(fold=int(fold), seed=int(model.metadata.get("seed", 0)))
+    kind, seed = str(model.metadata.get("kind", "teacher")), int(model.metadata.get("seed", 0))
+    metrics.metadata.update(fold=int(fold), seed=seed, kind=kind)
+    evaluation.metadata.update(fold=int(fold), seed=seed, kind=kind, auc=float(m["auc"]))
     scored = np.load(Path(evaluation.path) / f"fold_{fold}" / "scores.npz")
     roc.log_roc_curve(*roc_points(scored["scores"], scored["labels"] != 0))
-    name = f"teacher, fold {fold}, seed {int(model.metadata.get('seed', 0))}"
+    name = f"{kind}, fold {fold}, seed {seed}"
     write_text(summary.path, evaluation_markdown(result, f"Evaluation: {name}"))
