@@ -79,7 +79,7 @@ def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db", registry_uri=f"sqlite:///{out}/mlflow.db")
     staging = client.get_model_version_by_alias("si-beatgan", "staging")
-    assert staging.version == "1" and staging.tags["kind"] == "student"
+    assert str(staging.version) == "1" and staging.tags["kind"] == "student"
 
     # No search: the teacher is registered and staging moves to it.
     again = CliRunner().invoke(app, ["pipeline", "run", "--out", str(out), "--epochs", "1", "--device", "cpu", "-c", str(config),
@@ -87,7 +87,7 @@ def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     assert json.loads((out / "summary.json").read_text())["registered"]["kind"] == "teacher"
     staging = client.get_model_version_by_alias("si-beatgan", "staging")
-    assert staging.version == "2" and staging.tags["kind"] == "teacher"
+    assert str(staging.version) == "2" and staging.tags["kind"] == "teacher"
 
 
 def test_failing_gate_stops_the_run_before_training(tmp_path: Path) -> None:
