@@ -151,10 +151,12 @@ def si_beatgan(
         student_scored = evaluate(beats=beats.outputs["beats"], model=student.outputs["model"], config_yaml=config_yaml)
         student_scored.set_caching_options(True).set_memory_request("8G")
         student_registered = register(beats=beats.outputs["beats"], model=student.outputs["model"],
-                                      evaluation=student_scored.outputs["evaluation"], mlflow_uri=mlflow_uri, config_yaml=config_yaml)
+                                      evaluation=student_scored.outputs["evaluation"], records_report=gate_records.outputs["report"],
+                                      beats_report=gate_beats.outputs["report"], mlflow_uri=mlflow_uri, config_yaml=config_yaml)
     with dsl.Else(name="teacher-only"):
         teacher_registered = register(beats=beats.outputs["beats"], model=picked.outputs["teacher"],
-                                      evaluation=picked.outputs["evaluation"], mlflow_uri=mlflow_uri, config_yaml=config_yaml)
+                                      evaluation=picked.outputs["evaluation"], records_report=gate_records.outputs["report"],
+                                      beats_report=gate_beats.outputs["report"], mlflow_uri=mlflow_uri, config_yaml=config_yaml)
     for task in (student_registered, teacher_registered):
         task.set_caching_options(False).set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2)
         _secret(task, "mlflow", optional=True)

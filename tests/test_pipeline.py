@@ -137,6 +137,8 @@ def test_search_student_and_registration() -> None:
     assert search["for-loop-3"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--create-study-Output"
     assert "for-loop-3" in search["best-config"]["dependentTasks"]
     assert set(comps["comp-condition-5"]["dag"]["tasks"]) == {"register-2"}
+    gates = set(comps["comp-register"]["inputDefinitions"]["artifacts"]) & {"records_report", "beats_report"}
+    assert gates == {"records_report", "beats_report"}, "the gates' verdict and reports go with the model"
     worker = comps["comp-for-loop-3"]["dag"]["tasks"]["tune-worker"]
     assert worker["retryPolicy"]["maxRetryCount"] == 2 and not worker.get("cachingOptions", {}).get("enableCache")
     assert search["train-student"]["retryPolicy"]["maxRetryCount"] == 3

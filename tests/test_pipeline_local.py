@@ -79,7 +79,9 @@ def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db", registry_uri=f"sqlite:///{out}/mlflow.db")
     staging = client.get_model_version_by_alias("si-beatgan", "staging")
-    assert str(staging.version) == "1" and staging.tags["kind"] == "student"
+    assert str(staging.version) == "1" and staging.tags["kind"] == "student" and staging.tags["validation"] == "passed"
+    logged = {a.path for a in client.list_artifacts(staging.run_id, "validation")}
+    assert logged == {"validation/validation.json", "validation/validation.beats.html", "validation/validation.records.html"}
 
     # No search: the teacher is registered and staging moves to it.
     again = CliRunner().invoke(app, ["pipeline", "run", "--out", str(out), "--epochs", "1", "--device", "cpu", "-c", str(config),
