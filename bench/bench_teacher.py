@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sibeatgan.device import Runtime, select  # noqa: E402
-from sibeatgan.evaluate import score  # noqa: E402
+from sibeatgan.metrics import score  # noqa: E402
 from sibeatgan.train.teacher import TeacherTrainer  # noqa: E402
 
 FULL_TRAIN = 64_681  # BeatGAN fold-0 training beats on the full MIT-BIH set
@@ -104,7 +104,7 @@ def check_graph(device: str = "cuda", steps_per_epoch: int = 10, epochs: int = 2
 
 
 def bench_score(beats: np.ndarray, device: str, batch_sizes: list[int], amp: bool, repeats: int) -> list[dict]:
-    """Scoring beats/s through evaluate.score with the beats already on the device (what run_evaluate does after
+    """Scoring beats/s through metrics.score with the beats already on the device (what run_evaluate does after
     its one copy), and again with that host-to-device copy of the whole set included."""
     rt = select(device)
     torch.manual_seed(0)

@@ -36,8 +36,10 @@ def main() -> None:
     p.add_argument("--tune-epochs", type=int, default=8)
     p.add_argument("--final-epochs", type=int, default=10)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--max-train-beats", type=int, default=None)
-    p.add_argument("--n-bootstrap", type=int, default=1000)
+    p.add_argument("--max-train-beats", type=int, default=None, help="teacher's training beats (default: all)")
+    p.add_argument("--student-max-train-beats", type=int, default=None, help="each student's training beats (default: all)")
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="resamples of the paired comparisons")
+    p.add_argument("--eval-bootstrap", type=int, default=200, help="resamples of each model's own intervals")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -57,7 +59,7 @@ def main() -> None:
 
     t = time.perf_counter()
     base = StudentConfig(fold=args.fold, selection=args.selection, epochs=args.tune_epochs, device=args.device,
-                         max_train_beats=args.max_train_beats)
+                         max_train_beats=args.student_max_train_beats)
     tuned = run_tune(TuneConfig(n_trials=args.trials, group_size=args.group_size, heartbeat_s=30, grace_s=600), base, ds,
                      out / "teacher", out / "tune")
     timings["tune_s"] = time.perf_counter() - t
@@ -69,7 +71,7 @@ def main() -> None:
     timings["final_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    econf = EvaluateConfig(device=args.device, n_bootstrap=args.n_bootstrap, plots=False)
+    econf = EvaluateConfig(device=args.device, n_bootstrap=args.eval_bootstrap, plots=False)
     evals = {"teacher": out / "eval" / "teacher"}
     run_evaluate(econf, ds, Path(teacher["generator"]), evals["teacher"])
     for k, r in enumerate(results):

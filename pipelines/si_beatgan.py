@@ -1,6 +1,6 @@
 """The SI-BeatGAN Kubeflow pipeline: ingest -> validate (gate) -> preprocess (beats and their split) -> validate (gate)
 -> teacher per (fold, seed) in a ParallelFor -> evaluate -> [trials > 0: Optuna study -> workers in a ParallelFor on
-one storage -> best config -> student -> evaluate] -> register (alias `staging`: the student if one was trained,
+one storage -> best config -> student -> evaluate -> compare with its teacher] -> register (alias `staging`: the student if one was trained,
 else the teacher).
 
 `python -m pipelines.si_beatgan` (from the repository root) compiles it to pipelines/si_beatgan.yaml,
@@ -25,7 +25,7 @@ from typing import List, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
-from components import (best_config, create_study, evaluate, ingest, pick_teacher, plan_runs, preprocess, register, train_student,
+from components import (best_config, compare, create_study, evaluate, ingest, pick_teacher, plan_runs, preprocess, register, train_student,
                         train_teacher, tune_worker, validate_beats, validate_records)
 
 GPU_RESOURCE, GPUS_PER_TASK = "nvidia.com/gpu", 1  # static: kfp 2.17 drops pipeline parameters used here inside a ParallelFor
@@ -150,6 +150,9 @@ def si_beatgan(
         _resumable(student, checkpoint_pvc, gpu_type)
         student_scored = evaluate(beats=beats.outputs["beats"], model=student.outputs["model"], config_yaml=config_yaml)
         student_scored.set_caching_options(True).set_memory_request("8G")
+        versus = compare(beats=beats.outputs["beats"], evaluation_a=picked.outputs["evaluation"],
+                         evaluation_b=student_scored.outputs["evaluation"], config_yaml=config_yaml)
+        versus.set_caching_options(True)
         student_registered = register(beats=beats.outputs["beats"], model=student.outputs["model"],
                                       evaluation=student_scored.outputs["evaluation"], records_report=gate_records.outputs["report"],
                                       beats_report=gate_beats.outputs["report"], mlflow_uri=mlflow_uri, config_yaml=config_yaml)

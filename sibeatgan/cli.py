@@ -265,6 +265,7 @@ def tune(
     split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
+    track: bool = TrackOpt,
 ) -> None:
     """Search the student's lambda, T, tau (and alpha, beta, lr) with Optuna; live view: `optuna-dashboard OUT/study.journal`.
 
@@ -280,7 +281,8 @@ def tune(
     tune_conf = _config(cfg.TuneConfig, config, tune_sets, n_trials=trials, workers=workers, group_size=group_size, storage=storage)
     student_conf = _config(cfg.StudentConfig, config, student_sets)
     t = time.perf_counter()
-    result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path)
+    tracking = cfg.load_config(cfg.TrackingConfig, config) if track else None
+    result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path, tracking=tracking)
     _done("tune", t, result, ("trial", "value", "criterion", "params", "trials"))
     typer.echo(f"best trial {result['trial']}: {result['criterion']} {result['value']:.6g} {json.dumps(result['params'])}; "
                f"train it with: sibeatgan train-student --config {Path(out) / 'best.json'} ...")
@@ -299,7 +301,7 @@ def evaluate(
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
     """Score test beats by reconstruction error; AUC, AP, F1, per-class AUC, bootstrap CIs and plots."""
-    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.evaluate import format_table, run_evaluate
 
     conf = _config(cfg.EvaluateConfig, config, set_, folds=folds)
     if not conf.folds:
@@ -312,6 +314,7 @@ def evaluate(
         models = dict(zip(conf.folds, model))
     t = time.perf_counter()
     result = run_evaluate(conf, dataset, models, out, split=split_path)
+    typer.echo(format_table(result))
     _done("evaluate", t, result, ("overall",))
 
 
@@ -481,7 +484,8 @@ def pipeline_run(
     )
     _done("pipeline", t, result, ())
     for r in result["runs"]:
-        typer.echo(f"fold {r['fold']} seed {r['seed']}: test AUC {r['auc']:.4f}  AP {r['ap']:.4f}  F1 {r['f1']:.4f}  ({r['n']} beats)")
+        typer.echo(f"fold {r['fold']} seed {r['seed']}: test AUC {r['auc']:.4f}  AP {r['ap']:.4f}  F1 {r['f1_at_threshold']:.4f} at the "
+                   f"validation threshold  ({r['n']} beats)")
     reg = result["registered"]
     typer.echo(f"registered {reg['name']} version {reg['version']} ({reg['kind']}, fold {reg['fold']}, test AUC {reg['auc']:.4f}) "
                f"as {reg['model_uri']} (alias {reg['alias']}) in {reg['tracking_uri']}")
@@ -491,3 +495,21 @@ def pipeline_run(
 
 if __name__ == "__main__":
     main()
+
+
+@app.command()
+def compare(
+    a: list[Path] = typer.Option(..., "--a", help="Evaluation folder of model a (from `sibeatgan evaluate`); repeat for seeds."),
+    b: list[Path] = typer.Option(..., "--b", help="Evaluation folder of model b, one per --a, paired in order."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for compare.json and table.txt."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Beat dataset both were evaluated on (checked when given)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+) -> None:
+    """Paired comparison b - a of AUC and AP on identical test beats, with record-level bootstrap intervals and p-values."""
+    from sibeatgan.compare import format_compare_table, run_compare
+
+    t = time.perf_counter()
+    result = run_compare(_config(cfg.EvaluateConfig, config, set_), dataset, a, b, out)
+    typer.echo(format_compare_table(result))
+    _done("compare", t, {}, ())

@@ -224,6 +224,9 @@ class EvaluateConfig(Section):
     batch_size: int = 4096
     amp: bool = False  # bf16 autocast for scoring (CUDA, or CPUs with bf16 units)
     plots: bool = True
+    bootstrap: Literal["record", "beat"] = "record"  # resample records (patients) or beats within each class
+    threshold_rule: Literal["auto", "far", "f1"] = "auto"  # model file without one: auto = f1 for selection=paper, else far
+    far: float = 0.01  # false-alarm rate on normal validation beats for threshold_rule "far"
 
 
 class DemoConfig(Section):

@@ -1,9 +1,9 @@
-"""Anomaly scores, metrics and plots of a trained generator on its fold's test split.
+"""The evaluation step: each fold's generator scored on its own test split, with tables and plots.
 
-A beat's score is its mean squared reconstruction error. Metrics: ROC AUC, average precision,
-best F1 with its threshold, per-class AUC (each anomalous class against N), and stratified
-bootstrap confidence intervals computed for all resamples at once. Scoring and every metric need
-only torch and numpy (one implementation, ranked_metrics); sklearn and matplotlib load lazily, for plots only.
+Scoring and metrics live in sibeatgan.metrics (below training and evaluation alike); plots in
+sibeatgan.plots. Figures: AUC, AP and the oracle best F1 (threshold picked on the test beats, as the
+reference does), plus F1, precision and per-class recall at a threshold chosen without test labels, all
+with record-level bootstrap intervals by default.
 """
 
 from __future__ import annotations
@@ -17,217 +17,14 @@ import torch
 
 from sibeatgan.data.artifact import CLASSES
 from sibeatgan.errors import ConfigError, DatasetError
-from sibeatgan.files import atomic_open, write_json
+from sibeatgan.files import atomic_open, write_json, write_text
+from sibeatgan.metrics import bootstrap, choose_threshold, metrics, ranked_metrics, score  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from sibeatgan.config import EvaluateConfig
+    from sibeatgan.data.artifact import BeatDataset
 
 log = logging.getLogger(__name__)
-
-_BOOTSTRAP_CELLS = 20_000_000  # resamples x beats held in memory at once
-
-
-def score(
-    generator: torch.nn.Module,
-    beats: torch.Tensor | np.ndarray,
-    batch_size: int = 4096,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-) -> np.ndarray:
-    """Per-beat mean squared reconstruction error, (n,) float32; the generator runs in eval mode on `device`.
-
-    Beats already on `device` are read in place; beats elsewhere are copied there batch by batch, so callers
-    that score a whole split (training's validation, run_evaluate) move it to the device once beforehand.
-    """
-    param = next(generator.parameters())
-    dev = torch.device(device) if device is not None else param.device
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    if param.device != dev:
-        raise ValueError(f"score: the generator is on {param.device} but device {dev} was asked for; move it first")
-    x = torch.as_tensor(beats)
-    if not x.is_floating_point() or x.dim() != 3:
-        raise ValueError(f"score: beats must be float of shape (n, leads, length), got {x.dtype} {tuple(x.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"score: batch_size must be positive, got {batch_size}")
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=dev)
-    was_training = generator.training
-    generator.eval()
-    try:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(dev, torch.float32, non_blocking=True)
-                rec = generator(xb)[0].float()
-                out[start : start + xb.shape[0]] = (rec - xb).pow(2).flatten(1).mean(1)
-    finally:
-        generator.train(was_training)
-    return out.cpu().numpy()
-
-
-def _groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sort order (descending score), the tie-group id of each sorted beat, and each group's score."""
-    order = np.argsort(-scores, kind="mergesort")
-    s = scores[order]
-    starts = np.r_[True, s[1:] != s[:-1]]
-    return order, np.cumsum(starts) - 1, s[starts]
-
-
-def _weighted(pos_w: np.ndarray, neg_w: np.ndarray) -> dict[str, np.ndarray]:
-    """AUC, AP, best F1 (and its group) for rows of per-group positive/negative weights in descending score order."""
-    p, n = pos_w.sum(1), neg_w.sum(1)
-    tp, fp = np.cumsum(pos_w, 1), np.cumsum(neg_w, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos_w * (n[:, None] - fp + 0.5 * neg_w)).sum(1) / (p * n)
-        ap = (pos_w * (tp / (tp + fp))).sum(1) / p
-        f1 = 2 * tp / (tp + fp + p[:, None])
-    best = np.argmax(f1, 1)
-    return {"auc": auc, "ap": ap, "f1": f1[np.arange(f1.shape[0]), best], "best": best}
-
-
-def ranked_metrics(scores: np.ndarray, positive: np.ndarray) -> dict[str, float]:
-    """AUC (ties count half), AP and best F1 with its threshold (score >= threshold is anomalous); numpy only."""
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    _, group, values = _groups(scores)
-    pos_sorted = positive[np.argsort(-scores, kind="mergesort")]
-    g = values.shape[0]
-    pos_w = np.bincount(group[pos_sorted], minlength=g)[None].astype(np.float64)
-    neg_w = np.bincount(group[~pos_sorted], minlength=g)[None].astype(np.float64)
-    r = _weighted(pos_w, neg_w)
-    return {"auc": float(r["auc"][0]), "ap": float(r["ap"][0]), "f1": float(r["f1"][0]), "threshold": float(values[r["best"][0]])}
-
-
-def bootstrap(scores: np.ndarray, positive: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, np.ndarray]:
-    """AUC, AP and best F1 of `n_bootstrap` stratified resamples (positives and negatives resampled apart)."""
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    order, group, values = _groups(scores)
-    g = values.shape[0]
-    gid = np.empty_like(group)
-    gid[order] = group
-    pos_g, neg_g = gid[positive], gid[~positive]
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CELLS // max(scores.shape[0], g))
-    out: dict[str, list[np.ndarray]] = {"auc": [], "ap": [], "f1": []}
-    for start in range(0, n_bootstrap, chunk):
-        b = min(chunk, n_bootstrap - start)
-        offset = (np.arange(b) * g)[:, None]
-        weights = []
-        for member in (pos_g, neg_g):
-            picks = member[rng.integers(0, member.shape[0], (b, member.shape[0]))]
-            weights.append(np.bincount((picks + offset).ravel(), minlength=b * g).reshape(b, g).astype(np.float64))
-        r = _weighted(*weights)
-        for k in out:
-            out[k].append(r[k])
-    return {k: np.concatenate(v) if v else np.empty(0) for k, v in out.items()}
-
-
-def _interval(samples: np.ndarray, ci: float) -> list[float]:
-    lo, hi = np.nanpercentile(samples, [100 * (1 - ci) / 2, 100 * (1 + ci) / 2])
-    return [float(lo), float(hi)]
-
-
-def metrics(
-    scores: np.ndarray,
-    labels: np.ndarray,
-    n_bootstrap: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
-    classes: tuple[str, ...] = CLASSES,
-) -> dict[str, Any]:
-    """Metrics of anomaly scores against class labels (indices into `classes`, 0 = normal) with bootstrap CIs.
-
-    AUC, AP, best F1 and its threshold come from ranked_metrics (numpy only, ties counted as sklearn does);
-    precision and recall are those of the rule "score >= threshold is anomalous".
-    """
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    if scores.shape != labels.shape or scores.ndim != 1:
-        raise ValueError(f"metrics: scores {scores.shape} and labels {labels.shape} must be 1-D of one length")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"metrics: {int((~np.isfinite(scores)).sum())} score(s) are not finite")
-    if not 0 < ci < 1:
-        raise ValueError(f"metrics: ci must be in (0, 1), got {ci}")
-    positive = labels != 0
-    if positive.all() or not positive.any():
-        raise ValueError(f"metrics: need normal and anomalous beats, got {int((~positive).sum())} normal and {int(positive.sum())} anomalous")
-    ranked = ranked_metrics(scores, positive)
-    flagged = scores >= ranked["threshold"]
-    hits = int((flagged & positive).sum())
-    result: dict[str, Any] = {
-        "n": int(scores.shape[0]),
-        "n_normal": int((~positive).sum()),
-        "n_anomalous": int(positive.sum()),
-        "auc": ranked["auc"],
-        "ap": ranked["ap"],
-        "f1": ranked["f1"],
-        "threshold": ranked["threshold"],
-        "precision_at_f1": hits / int(flagged.sum()),
-        "recall_at_f1": hits / int(positive.sum()),
-        "ci": ci,
-        "n_bootstrap": int(n_bootstrap),
-    }
-    if n_bootstrap > 0:
-        boot = bootstrap(scores, positive, n_bootstrap, seed)
-        for k in ("auc", "ap", "f1"):
-            result[f"{k}_ci"] = _interval(boot[k], ci)
-    per_class: dict[str, Any] = {}
-    normal = labels == 0
-    for index, name in enumerate(classes):
-        member = labels == index
-        if index == 0 or not member.any():
-            continue
-        keep = normal | member
-        entry: dict[str, Any] = {"n": int(member.sum()), "auc": ranked_metrics(scores[keep], member[keep])["auc"]}
-        if n_bootstrap > 0:
-            entry["auc_ci"] = _interval(bootstrap(scores[keep], member[keep], n_bootstrap, seed + index)["auc"], ci)
-        per_class[name] = entry
-    result["per_class"] = per_class
-    return result
-
-
-def plot(scores: np.ndarray, labels: np.ndarray, out_dir: str | Path, title: str = "", classes: tuple[str, ...] = CLASSES) -> list[Path]:
-    """ROC, precision-recall and per-class score histograms as PNG files (matplotlib Agg, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    positive = np.asarray(labels) != 0
-    written = []
-
-    def save(fig: Figure, name: str) -> None:
-        FigureCanvasAgg(fig)
-        path = out / name
-        with atomic_open(path) as fh:
-            fig.savefig(fh, format="png", dpi=110)
-        written.append(path)
-
-    fpr, tpr, _ = roc_curve(positive, scores)
-    fig = Figure(figsize=(4.5, 4.5))
-    ax = fig.add_subplot()
-    ax.plot(fpr, tpr, lw=1.5)
-    ax.plot([0, 1], [0, 1], ":", color="gray")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC {title}".strip())
-    save(fig, "roc.png")
-
-    precision, recall, _ = precision_recall_curve(positive, scores)
-    fig = Figure(figsize=(4.5, 4.5))
-    ax = fig.add_subplot()
-    ax.plot(recall, precision, lw=1.5)
-    ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall {title}".strip())
-    save(fig, "pr.png")
-
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    logs = np.log10(np.maximum(np.asarray(scores, dtype=np.float64), 1e-12))
-    bins = np.linspace(logs.min(), logs.max() + 1e-9, 60)
-    for index, name in enumerate(classes):
-        member = np.asarray(labels) == index
-        if member.any():
-            ax.hist(logs[member], bins=bins, density=True, histtype="step", label=f"{name} ({int(member.sum())})")
-    ax.set(xlabel="log10 anomaly score", ylabel="density", title=f"scores by class {title}".strip())
-    ax.legend()
-    save(fig, "hist.png")
-    return written
 
 
 def _model_paths(models: dict[int, Path] | Path | str, folds: tuple[int, ...]) -> list[tuple[int | None, Path]]:
@@ -242,12 +39,40 @@ def _model_paths(models: dict[int, Path] | Path | str, folds: tuple[int, ...]) -
     return [(fold, p / "generator.pt" if p.is_dir() else p) for fold, p in pairs]
 
 
+def _splits_for(split_set: Any, meta: dict[str, Any], path: Path, split_name: str, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validation and test indices of the model's fold, from the split artifact it was trained on (refused otherwise)."""
+    if meta.get("split_hash") != split_set.hash:
+        raise DatasetError(f"{path}: trained on split {str(meta.get('split_hash'))[:12]}, but the split given is {split_set.hash[:12]}; "
+                           "evaluate it with the split it was trained on (--split)")
+    part = split_set.fold(split_name, fold)
+    return part.val, part.test
+
+
+def _score_split(gen: torch.nn.Module, ds: BeatDataset, index: np.ndarray, config: EvaluateConfig, dev: torch.device) -> np.ndarray:
+    x = torch.from_numpy(ds.float_beats(index)).to(dev)  # one copy to the device, as training does with val_x
+    return score(gen, x, config.batch_size, dev, config.amp)
+
+
+def _threshold(meta: dict[str, Any], val_scores: np.ndarray | None, val_labels: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
+    """The operating threshold: the one saved with the model when present, else chosen on its validation split
+    (rule "auto": best validation F1 for a model selected by the paper protocol, else config.far false alarms)."""
+    if meta.get("threshold") is not None:
+        return {"threshold": float(meta["threshold"]), "source": "model", "rule": meta.get("threshold_rule"), "far": meta.get("threshold_far")}
+    assert val_scores is not None
+    rule = config.threshold_rule
+    if rule == "auto":  # the paper protocol labels validation anomalies; the clean one does not look at them
+        rule = "f1" if meta.get("selection") == "paper" else "far"
+    value = choose_threshold(val_scores, val_labels, rule, config.far)
+    return {"threshold": value, "source": "validation", "rule": rule, "far": config.far if rule == "far" else None}
+
+
 def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] | Path, out: Path, split: Path | None = None) -> dict[str, Any]:
-    """Score each fold's generator on its own test split; write evaluation.json, scores and plots per fold.
+    """Score each fold's generator on its own test split; write evaluation.json, table.txt, scores and plots per fold.
 
     `models` maps fold -> generator file (or its training folder); a single path is evaluated on the
     fold it was trained for. Test beats come from the split artifact (`split`, default the dataset's own); a model
-    trained on another dataset or another split is refused.
+    trained on another dataset or another split is refused. The operating threshold is the one saved with the
+    model, else chosen on the model's validation split (config.threshold_rule).
     """
     from sibeatgan.config import to_dict
     from sibeatgan.data.artifact import load
@@ -255,13 +80,14 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
     from sibeatgan.device import resolve_device
     from sibeatgan.modelio import load_generator
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not 0 < config.far < 1:
+        raise ConfigError(f"EvaluateConfig.far: must be in (0, 1), got {config.far}")
     ds = load(dataset)
     content_hash = ds.content_hash()
     split_set = resolve_split(dataset, split, content_hash)
+    records = ds.records.astype(str)
     dev = resolve_device(config.device)
-    folds: dict[str, Any] = {}
+    checked = []  # every model is loaded and checked before anything is written
     for fold, path in _model_paths(models, tuple(config.folds)):
         gen, meta = load_generator(path, dev)
         trained = meta.get("config") or {}
@@ -277,28 +103,90 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
             raise DatasetError(f"{path}: trained on dataset {meta['dataset_hash'][:12]}, but {dataset} is {content_hash[:12]}")
         if (gen.nc, gen.length) != (ds.leads, ds.length):
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
-        if meta.get("split_hash") != split_set.hash:
-            raise DatasetError(f"{path}: trained on split {str(meta.get('split_hash'))[:12]}, but the split given is {split_set.hash[:12]}; "
-                               "evaluate it with the split it was trained on (--split)")
-        part = split_set.fold(split_name, fold)
-        labels = ds.labels[part.test].astype(np.int64)
-        test_x = torch.from_numpy(ds.float_beats(part.test)).to(dev)  # one copy to the device, as training does with val_x
-        scores = score(gen, test_x, config.batch_size, dev, config.amp)
-        del test_x
-        m = metrics(scores, labels, config.n_bootstrap, config.ci, config.seed)
+        _splits_for(split_set, meta, path, split_name, fold)  # refuses another split before anything is written
+        checked.append((fold, path, gen, meta, trained, split_name))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folds: dict[str, Any] = {}
+    for fold, path, gen, meta, trained, split_name in checked:
+        val, test = _splits_for(split_set, meta, path, split_name, fold)
+        labels, val_labels = ds.labels[test].astype(np.int64), ds.labels[val].astype(np.int64)
+        scores = _score_split(gen, ds, test, config, dev)
+        val_scores = None if meta.get("threshold") is not None else _score_split(gen, ds, val, config, dev)
+        chosen = _threshold(meta, val_scores, val_labels, config)
+        groups = records[test] if config.bootstrap == "record" else None
+        if groups is not None and config.n_bootstrap > 0 and np.unique(groups).shape[0] < 10:
+            log.warning("fold %s: the test beats come from %d record(s) only; record-level intervals are rough", fold, np.unique(groups).shape[0])
+        m = metrics(scores, labels, config.n_bootstrap, config.ci, config.seed, groups=groups, threshold=chosen["threshold"])
+        m["operating"].update({k: v for k, v in chosen.items() if k != "threshold"})
         fold_dir = out / f"fold_{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
+        arrays = dict(index=test, scores=scores, labels=labels, records=records[test])
+        if val_scores is not None:
+            arrays.update(val_index=val, val_scores=val_scores, val_labels=val_labels)
         with atomic_open(fold_dir / "scores.npz") as fh:
-            np.savez_compressed(fh, index=part.test, scores=scores, labels=labels, records=ds.records[part.test].astype(str))
+            np.savez_compressed(fh, **arrays)
         if config.plots:
-            m["plots"] = [str(p) for p in plot(scores, labels, fold_dir, f"fold {fold}")]
-        m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name)
+            from sibeatgan.plots import plot
+
+            m["plots"] = [str(p) for p in plot(scores, labels, fold_dir, f"fold {fold}", result=m)]
+        m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name, split_hash=meta.get("split_hash"))
         folds[str(fold)] = m
-        log.info("fold %s: AUC %.4f AP %.4f F1 %.4f on %d test beats (%s)", fold, m["auc"], m["ap"], m["f1"], m["n"], path)
+        log.info("fold %s: AUC %.4f AP %.4f best F1 (oracle) %.4f, F1 %.4f at threshold %.4g on %d test beats (%s)", fold,
+                 m["auc"], m["ap"], m["f1_oracle"], m["operating"]["f1"], chosen["threshold"], m["n"], path)
     overall: dict[str, Any] = {}
-    for key in ("auc", "ap", "f1"):
-        values = np.array([f[key] for f in folds.values()])
+    columns = {"auc": lambda f: f["auc"], "ap": lambda f: f["ap"], "f1_oracle": lambda f: f["f1_oracle"],
+               "f1": lambda f: f["f1_oracle"], "f1_at_threshold": lambda f: f["operating"]["f1"]}
+    for key, get in columns.items():
+        values = np.array([get(f) for f in folds.values()])
         overall[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None}
     result = {"folds": folds, "overall": overall, "dataset_hash": content_hash, "split_hash": split_set.hash, "config": to_dict(config)}
     write_json(out / "evaluation.json", result)
+    table = format_table(result)
+    write_text(out / "table.txt", table + "\n")
     return result
+
+
+def _fmt(value: float, lo_hi: list[float] | None, digits: int = 3) -> str:
+    text = f"{value:.{digits}f}"
+    return f"{text} [{lo_hi[0]:.{digits}f}, {lo_hi[1]:.{digits}f}]" if lo_hi else text
+
+
+def _rule_text(op: dict[str, Any]) -> str:
+    where = "saved with the model" if op.get("source") == "model" else "chosen on validation"
+    if op.get("rule") == "far" and op.get("far") is not None:
+        return f"{where}: {100 * op['far']:g}% false alarms on normal validation beats"
+    if op.get("rule") == "f1":
+        return f"{where}: best validation F1"
+    return where
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The evaluation as text: per fold, overall and per-class AUC, AP and recall at the chosen threshold with
+    their intervals, the oracle best F1 and the operating point; then the mean over folds."""
+    lines: list[str] = []
+    for fold, m in result["folds"].items():
+        recs = f" from {m['n_records']} records" if m.get("n_records") else ""
+        ci = (f"{100 * m['ci']:g}% intervals: {m['n_bootstrap']} {m['bootstrap']}-level bootstrap resamples"
+              if m.get("auc_ci") else "no intervals (n_bootstrap=0)")
+        op = m["operating"]
+        lines += [f"fold {fold}: {m['n']:,} test beats{recs}, {m['n_anomalous']:,} anomalous ({100 * m['prevalence']:.1f}%); {ci}",
+                  f"  {'class':<6}{'beats':>8}{'rec':>5}  {'AUC':<24}{'AP':<24}recall at threshold"]
+        rows = [("all", {**m, "n": m["n_anomalous"], "n_records": m.get("n_records_anomalous"), "recall": op["recall"], "recall_ci": op.get("recall_ci")})]
+        per_class = sorted(m["per_class"].items(), key=lambda kv: CLASSES.index(kv[0]) if kv[0] in CLASSES else len(CLASSES))
+        for name, pc in [*rows, *per_class]:
+            recall = _fmt(pc["recall"], pc.get("recall_ci")) if "recall" in pc else "-"
+            lines.append(f"  {name:<6}{pc['n']:>8,}{pc.get('n_records') or '-':>5}  {_fmt(pc['auc'], pc.get('auc_ci')):<24}"
+                         f"{_fmt(pc['ap'], pc.get('ap_ci')):<24}{recall}")
+        lines.append(f"  threshold {op['threshold']:.6g} ({_rule_text(op)}): F1 {_fmt(op['f1'], op.get('f1_ci'))}, "
+                     f"precision {_fmt(op['precision'], op.get('precision_ci'))}, false alarms {_fmt(op['false_alarm_rate'], op.get('false_alarm_rate_ci'))}")
+        lines.append(f"  best F1 (oracle: threshold {m['threshold_oracle']:.6g} picked on these test beats): {_fmt(m['f1_oracle'], m.get('f1_oracle_ci'))}")
+        redrawn = {"all": m.get("redrawn", 0), **{k: v.get("redrawn", 0) for k, v in m["per_class"].items()}}
+        if any(redrawn.values()):
+            counts = ", ".join(f"{k} {v}" for k, v in redrawn.items() if v)
+            lines.append(f"  record resamples drawn again because they lacked normal or anomalous beats: {counts}")
+    if len(result["folds"]) > 1:
+        o = result["overall"]
+        parts = [f"{k} {o[k]['mean']:.4f} +- {o[k]['std']:.4f}" for k in ("auc", "ap", "f1_oracle", "f1_at_threshold")]
+        lines.append(f"mean +- sd over {len(result['folds'])} folds: " + ", ".join(parts))
+    return "\n".join(lines)

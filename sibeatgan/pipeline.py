@@ -110,12 +110,15 @@ def roc_points(scores: np.ndarray, positive: np.ndarray, max_points: int = 200) 
 
 def evaluation_markdown(result: dict[str, Any], title: str) -> str:
     """The evaluation summary the KFP UI shows: one row per fold, per-class AUC, and where the files are."""
-    lines = [f"# {title}", "", "| fold | AUC | AP | F1 | test beats (anomalous) | epoch | selection |", "|---|---|---|---|---|---|---|"]
+    lines = [f"# {title}", "", "| fold | AUC | AP | F1 at the threshold | best F1 (oracle) | test beats (anomalous) | epoch | selection |",
+             "|---|---|---|---|---|---|---|---|"]
     for fold, m in result["folds"].items():
         ci = m.get("auc_ci")
         auc = f"{m['auc']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-        lines.append(f"| {fold} | {auc} | {m['ap']:.4f} | {m['f1']:.4f} | {m['n']} ({m['n_anomalous']}) "
-                     f"| {m.get('epoch')} | {m.get('selection')} |")
+        op = m.get("operating") or {}
+        at = f"{op['f1']:.4f} (threshold {op['threshold']:.4g}, {op.get('rule', 'saved')})" if "f1" in op else "n/a"
+        lines.append(f"| {fold} | {auc} | {m['ap']:.4f} | {at} | {m.get('f1_oracle', m.get('f1', float('nan'))):.4f} "
+                     f"| {m['n']} ({m['n_anomalous']}) | {m.get('epoch')} | {m.get('selection')} |")
     for fold, m in result["folds"].items():
         per_class = ", ".join(f"{c} {v['auc']:.4f} (n={v['n']})" for c, v in m.get("per_class", {}).items())
         lines += ["", f"Per-class AUC, fold {fold}: {per_class or 'none'}"]

@@ -221,6 +221,9 @@ def tune_worker(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
                 results = train_group(configs, group_out, [OptunaReporter(trials, criterion, heartbeat), *extra])
             except Exception as err:  # noqa: BLE001 - a crashed group fails its trials; the study goes on
                 log.error("worker %d: trials %s failed: %s: %s", worker, [t.number for t in trials], type(err).__name__, err)
+                for cb in extra:
+                    if hasattr(cb, "fail"):
+                        cb.fail()
                 for t in trials:
                     t.set_user_attr("error", f"{type(err).__name__}: {err}")
                     study.tell(t, state=TrialState.FAIL)
@@ -275,6 +278,7 @@ def _plots(study: optuna.Study, out: Path) -> list[str]:
     """Optimization history, parameter importances and slices as PNGs (matplotlib Agg); a plot Optuna cannot draw yet
     (too few trials for importances) is skipped with a log line."""
     import matplotlib
+    import optuna
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -282,16 +286,22 @@ def _plots(study: optuna.Study, out: Path) -> list[str]:
 
     from sibeatgan.files import atomic_open
 
+    import warnings
+
     written = []
     for name, draw in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances), ("slices", ovm.plot_slice)):
-        try:
-            ax = draw(study)
-        except Exception as err:  # noqa: BLE001 - e.g. importances need two or more complete trials with varied params
-            log.info("plot %s skipped: %s", name, err)
-            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                ax = draw(study)
+            except Exception as err:  # noqa: BLE001 - e.g. importances need two or more complete trials with varied params
+                log.info("plot %s skipped: %s", name, err)
+                continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         fig.set_size_inches(max(fig.get_figwidth(), 7), max(fig.get_figheight(), 4.5))
-        fig.tight_layout()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fig.tight_layout()
         path = out / f"{name}.png"
         with atomic_open(path) as fh:
             fig.savefig(fh, format="png", dpi=100)
@@ -301,12 +311,13 @@ def _plots(study: optuna.Study, out: Path) -> list[str]:
 
 
 def _worker_main(tune: TuneConfig, base: StudentConfig, out: Path, train_group: Callable[..., list[dict[str, Any]]], worker: int,
-                 log_level: int) -> None:
+                 log_level: int, callbacks: Any = None) -> None:
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker{worker} %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    tune_worker(tune, base, out, train_group, worker)
+    tune_worker(tune, base, out, train_group, worker, callbacks)
 
 
-def run_workers(tune: TuneConfig, base: StudentConfig, out: Path, train_group: Callable[..., list[dict[str, Any]]]) -> dict[str, Any]:
+def run_workers(tune: TuneConfig, base: StudentConfig, out: Path, train_group: Callable[..., list[dict[str, Any]]],
+                callbacks: Callable[[list[Any]], list[Callback]] | None = None) -> dict[str, Any]:
     """`tune.workers` processes on the one study (one in this process when it is 1), then the study's outputs.
 
     A worker that dies leaves running trials behind; once every worker has ended, those are reaped after
@@ -317,10 +328,11 @@ def run_workers(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
     out.mkdir(parents=True, exist_ok=True)
     study = open_study(tune, base.selection, out)  # created once, before the workers attach
     if tune.workers <= 1:
-        tune_worker(tune, base, out, train_group, 0)
+        tune_worker(tune, base, out, train_group, 0, callbacks)
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(tune, base, out, train_group, i, logging.getLogger().level), name=f"tune-worker-{i}")
+        procs = [ctx.Process(target=_worker_main, args=(tune, base, out, train_group, i, logging.getLogger().level, callbacks),
+                             name=f"tune-worker-{i}")
                  for i in range(tune.workers)]
         for p in procs:
             p.start()
@@ -334,7 +346,7 @@ def run_workers(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
         if running:
             log.warning("%d trial(s) still marked running by a dead worker: retrying them after the %.0f s grace", running, tune.grace_s)
             time.sleep(tune.grace_s)
-        tune_worker(tune, base, out, train_group, tune.workers)
+        tune_worker(tune, base, out, train_group, tune.workers, callbacks)
     return write_outputs(tune, base, out)
 
 

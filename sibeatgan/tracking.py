@@ -457,7 +457,7 @@ class MemberTrials:
             stopped = control.stopped[k] if control is not None else None
             if stopped and not self.ended[k]:
                 self.ended[k] = True
-                end_trial(t, "pruned")
+                end_trial(t, "pruned" if stopped == "pruned" else "failed")
 
     def on_fit_end(self, result: dict[str, Any]) -> None:
         members = result.get("members") or [result]
@@ -472,3 +472,15 @@ class MemberTrials:
             if not self.ended[k]:
                 self.ended[k] = True
                 end_trial(t, "failed")
+
+
+class TrialRuns:
+    """For `sibeatgan.search.tune_worker(callbacks=...)`: each group of trials gets a MemberTrials callback whose
+    trackers are child runs of the study's run. Picklable, so spawned worker processes take it along."""
+
+    def __init__(self, uri: str, local_dir: str | Path, parent_run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> None:
+        self.uri, self.local_dir, self.parent_run_id, self.experiment = uri, Path(local_dir), parent_run_id, experiment
+
+    def __call__(self, trials: list[Any]) -> list[MemberTrials]:
+        return [MemberTrials([trial_run(self.parent_run_id, self.uri, self.local_dir / f"trial-{t.number}", t.number, t.params,
+                                        self.experiment) for t in trials])]

@@ -76,3 +76,26 @@ def test_tune_searches_real_students_and_its_best_config_trains(teacher, tmp_pat
     assert best.T == summary["params"]["T"] and best.lambda_fm == summary["params"]["lambda_fm"]
     result = run_train_student(replace(best, epochs=1), dataset, teacher_dir, tmp_path / "best")
     assert Path(result["generator"]).is_file()
+
+
+def test_tune_logs_the_study_as_a_run_and_each_trial_as_a_child_run(teacher, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sibeatgan.config import TrackingConfig
+
+    dataset, teacher_dir = teacher
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    tune = TuneConfig(n_trials=2, group_size=2, heartbeat_s=1, grace_s=30)
+    run_tune(tune, student(epochs=2), dataset, teacher_dir, tmp_path / "tune", tracking=TrackingConfig(tracking_uri=uri))
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("si-beatgan")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("optuna.study") == tune.study_name]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["optuna.trial"] for r in children) == ["0", "1"]
+    for r in children:
+        assert r.info.status in ("FINISHED", "KILLED", "FAILED") and r.data.tags["optuna.state"] in ("complete", "pruned", "failed")
+        assert "lambda_fm" in r.data.params
+        history = client.get_metric_history(r.info.run_id, "val_normal_mse")
+        assert [m.step for m in history] == [1, 2]

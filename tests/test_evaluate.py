@@ -1,168 +1,125 @@
-"""Scores, metrics against known cases and sklearn, bootstrap intervals, plots and the per-fold evaluation step."""
+"""The per-fold evaluation step: thresholds chosen without test labels, record-level intervals, tables, plots."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from typer.testing import CliRunner
 
 from sibeatgan.config import EvaluateConfig, TeacherConfig, to_dict
 from sibeatgan.data import artifact
 from sibeatgan.errors import ConfigError, DatasetError
-from sibeatgan.evaluate import bootstrap, metrics, ranked_metrics, run_evaluate, score
+from sibeatgan.evaluate import format_table, run_evaluate
+from sibeatgan.metrics import choose_threshold, metrics, score
 from sibeatgan.models import Generator
+from sibeatgan.plots import plot
 from sibeatgan.train.checkpoint import save_generator
 from tests.test_teacher import synthetic_dataset
 
-
-def test_score_is_the_per_beat_mean_squared_error_in_any_batch_size():
-    torch.manual_seed(0)
-    g = Generator(2, 64, nz=8, ngf=8).train()
-    x = torch.rand(37, 2, 64) * 2 - 1
-    with torch.no_grad():
-        g.eval()
-        expected = ((g(x).reconstruction - x) ** 2).mean(dim=(1, 2)).numpy()
-        g.train()
-    for batch in (1, 8, 37, 100):
-        got = score(g, x, batch, "cpu")
-        assert got.shape == (37,) and got.dtype == np.float32
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
-    assert g.training  # mode restored
-    np.testing.assert_allclose(score(g, x.numpy(), 16), expected, rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="float"):
-        score(g, torch.zeros(3, 2, 64, dtype=torch.int16))
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_metrics_of_perfect_reversed_and_random_scores():
-    labels = np.array([0] * 50 + [1] * 10 + [2] * 10)
-    perfect = np.r_[np.linspace(0, 1, 50), np.linspace(2, 3, 20)]
-    m = metrics(perfect, labels, n_bootstrap=200, seed=0)
-    assert m["auc"] == 1.0 and m["ap"] == pytest.approx(1.0) and m["f1"] == pytest.approx(1.0)
-    assert 1.0 < m["threshold"] <= 2.0
-    assert m["auc_ci"] == [1.0, 1.0] and m["per_class"]["S"]["auc"] == 1.0 and m["per_class"]["V"]["n"] == 10
-    assert set(m["per_class"]) == {"S", "V"}  # F and Q are absent, so skipped
-    reversed_ = metrics(-perfect, labels, n_bootstrap=0)
-    assert reversed_["auc"] == 0.0 and "auc_ci" not in reversed_
-    rng = np.random.default_rng(1)
-    noisy = rng.normal(size=2000) + (np.arange(2000) % 4 == 0) * 0.8
-    noisy_labels = (np.arange(2000) % 4 == 0).astype(int) * rng.integers(1, 5, 2000)
-    m = metrics(noisy, noisy_labels, n_bootstrap=300, seed=2)
-    for key in ("auc", "ap", "f1"):
-        lo, hi = m[f"{key}_ci"]
-        assert lo < m[key] < hi and hi - lo < 0.2, key
-    assert 0.65 < m["auc"] < 0.8 and set(m["per_class"]) == {"S", "V", "F", "Q"}
+def fake_generator(path: Path, dataset: Path, fold: int, seed: int | None = None, meta: dict | None = None, **config) -> Path:
+    """An untrained generator saved as training saves one: its config, selection, dataset and split hashes."""
+    from sibeatgan.data.splits import default_split_dir, load_split
 
-
-def test_metrics_refuse_one_class_or_bad_input():
-    with pytest.raises(ValueError, match="normal and anomalous"):
-        metrics(np.arange(5.0), np.zeros(5, int))
-    with pytest.raises(ValueError, match="not finite"):
-        metrics(np.array([0.0, np.nan]), np.array([0, 1]))
-
-
-def test_ranked_metrics_match_sklearn_with_ties():
-    rng = np.random.default_rng(3)
-    scores = np.round(rng.normal(size=500), 1)  # many ties
-    positive = rng.random(500) < 0.2 + 0.3 * (scores > 0.5)
-    r = ranked_metrics(scores, positive)
-    assert r["auc"] == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
-    assert r["ap"] == pytest.approx(average_precision_score(positive, scores), abs=1e-12)
-    precision, recall, thresholds = precision_recall_curve(positive, scores)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
-    assert r["f1"] == pytest.approx(f1.max(), abs=1e-12) and r["threshold"] == thresholds[np.argmax(f1)]
-
-
-def test_metrics_match_sklearn_per_class_with_ties_and_report_the_threshold_rule():
-    rng = np.random.default_rng(8)
-    labels = rng.choice(5, size=800, p=[0.6, 0.1, 0.1, 0.1, 0.1])
-    scores = np.round(rng.normal(size=800) + 0.3 * labels, 1)  # many ties, within and across classes
-    m = metrics(scores, labels, n_bootstrap=0)
-    assert m["auc"] == pytest.approx(roc_auc_score(labels != 0, scores), abs=1e-12)
-    assert m["ap"] == pytest.approx(average_precision_score(labels != 0, scores), abs=1e-12)
-    for index, name in enumerate(("S", "V", "F", "Q"), start=1):
-        keep = (labels == 0) | (labels == index)
-        assert m["per_class"][name]["auc"] == pytest.approx(roc_auc_score(labels[keep] == index, scores[keep]), abs=1e-12), name
-    flagged = scores >= m["threshold"]
-    assert m["precision_at_f1"] == pytest.approx((labels[flagged] != 0).mean(), abs=1e-12)
-    assert m["recall_at_f1"] == pytest.approx(flagged[labels != 0].mean(), abs=1e-12)
-    p, r = m["precision_at_f1"], m["recall_at_f1"]
-    assert m["f1"] == pytest.approx(2 * p * r / (p + r), abs=1e-12)
-
-
-def test_metrics_need_numpy_only(monkeypatch):
-    """A GPU node with torch and numpy only (bench/gpu_teacher.sh) computes the full metrics; sklearn is for plots."""
-    for name in ("sklearn", "sklearn.metrics"):
-        monkeypatch.setitem(sys.modules, name, None)
-    labels = np.r_[np.zeros(40, int), np.full(10, 2)]
-    m = metrics(np.r_[np.linspace(0, 1, 40), np.linspace(0.5, 2, 10)], labels, n_bootstrap=20)
-    assert 0.5 < m["auc"] < 1 and m["per_class"]["V"]["auc"] == m["auc"] and len(m["auc_ci"]) == 2
-
-
-def test_bootstrap_is_seeded_and_centred():
-    rng = np.random.default_rng(4)
-    scores = rng.normal(size=400) + np.r_[np.zeros(300), np.ones(100)]
-    positive = np.r_[np.zeros(300, bool), np.ones(100, bool)]
-    a, b = bootstrap(scores, positive, 500, seed=7), bootstrap(scores, positive, 500, seed=7)
-    np.testing.assert_array_equal(a["auc"], b["auc"])
-    assert a["auc"].shape == (500,)
-    assert abs(a["auc"].mean() - roc_auc_score(positive, scores)) < 0.01
-    assert 0.01 < a["auc"].std() < 0.05
-
-
-def test_plots_are_written(tmp_path):
-    rng = np.random.default_rng(5)
-    labels = np.r_[np.zeros(200, int), np.full(30, 2)]
-    paths = __import__("sibeatgan.evaluate", fromlist=["plot"]).plot(rng.random(230) + labels, labels, tmp_path, "test")
-    assert sorted(p.name for p in paths) == ["hist.png", "pr.png", "roc.png"]
-    for p in paths:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return synthetic_dataset(tmp_path_factory.mktemp("beats"), n_normal=600, n_per_class=30, length=64)
-
-
-def fake_generator(path: Path, dataset: Path, fold: int, split_hash: str | None = None, **config) -> Path:
-    """An untrained generator saved as a training run would save it (dataset and split hashes in its metadata)."""
-    from sibeatgan.data.splits import load_split
-
-    torch.manual_seed(fold)
+    ds = artifact.load(dataset)
+    torch.manual_seed(fold if seed is None else seed)
     cfg = to_dict(TeacherConfig(fold=fold, **config))
-    save_generator(path, Generator(1, 64, nz=8, ngf=8), selection="clean", epoch=3, config=cfg,
-                   dataset_hash=artifact.load(dataset).content_hash(), split_hash=split_hash or load_split(dataset / "split").hash)
+    meta = {"split_hash": load_split(default_split_dir(dataset)).hash, **(meta or {})}
+    save_generator(path, Generator(ds.leads, ds.length, nz=8, ngf=8), selection=cfg["selection"], epoch=3, config=cfg,
+                   dataset_hash=ds.content_hash(), **meta)
     return path
 
 
-def test_run_evaluate_writes_per_fold_results(dataset, tmp_path):
-    models = {k: fake_generator(tmp_path / f"g{k}.pt", dataset, k) for k in (0, 1)}
-    result = run_evaluate(EvaluateConfig(folds=(0, 1), n_bootstrap=50), dataset, models, tmp_path / "eval")
+def test_run_evaluate_writes_per_fold_results(synth_dataset, tmp_path):
+    ds = artifact.load(synth_dataset)
+    models = {k: fake_generator(tmp_path / f"g{k}.pt", synth_dataset, k) for k in (0, 1)}
+    result = run_evaluate(EvaluateConfig(folds=(0, 1), n_bootstrap=50), synth_dataset, models, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert saved == json.loads(json.dumps(result))
     assert set(saved["folds"]) == {"0", "1"} and saved["overall"]["auc"]["std"] is not None
     for k in ("0", "1"):
         f = saved["folds"][k]
-        assert {"auc", "ap", "f1", "threshold", "auc_ci", "per_class", "selection"} <= set(f)
-        assert f["selection"] == "clean" and f["n_anomalous"] == 4 * 27
-        assert (tmp_path / "eval" / f"fold_{k}" / "roc.png").is_file()
+        assert {"auc", "ap", "f1_oracle", "f1", "threshold_oracle", "auc_ci", "ap_ci", "per_class", "selection", "operating"} <= set(f)
+        assert f["f1"] == f["f1_oracle"] and f["selection"] == "clean" and f["bootstrap"] == "record"
+        assert f["n_records"] == len(np.unique(ds.records))
         kept = np.load(tmp_path / "eval" / f"fold_{k}" / "scores.npz")
+        np.testing.assert_array_equal(kept["records"], ds.records[kept["index"]].astype(str))
+        np.testing.assert_array_equal(kept["labels"], ds.labels[kept["index"]])
         assert metrics(kept["scores"], kept["labels"], 0)["auc"] == pytest.approx(f["auc"])
+        # no threshold in the model file: 1% false alarms on the model's normal validation beats
+        op = f["operating"]
+        assert op["source"] == "validation" and op["rule"] == "far" and op["far"] == 0.01
+        assert op["threshold"] == pytest.approx(choose_threshold(kept["val_scores"], kept["val_labels"], "far", 0.01))
+        assert not set(kept["val_index"]) & set(kept["index"])
+        assert {"recall", "recall_ci"} <= set(f["per_class"]["S"]) and len(op["f1_ci"]) == 2
+        assert sorted(Path(p).name for p in f["plots"]) == ["hist.png", "pr.png", "roc.png", "roc_per_class.png"]
     assert result["overall"]["auc"]["mean"] == pytest.approx(np.mean([saved["folds"][k]["auc"] for k in ("0", "1")]))
+    table = (tmp_path / "eval" / "table.txt").read_text()
+    assert table.strip() == format_table(result)
+    for text in ("fold 0:", "fold 1:", "record-level", "best F1 (oracle", "mean +- sd over 2 folds", "1% false alarms"):
+        assert text in table, text
     # bf16 scoring ranks the beats almost as float32 does.
-    bf16 = run_evaluate(EvaluateConfig(folds=(0, 1), n_bootstrap=0, plots=False, amp=True), dataset, models, tmp_path / "eval16")
-    assert bf16["config"]["amp"] is True
+    bf16 = run_evaluate(EvaluateConfig(folds=(0, 1), n_bootstrap=0, plots=False, amp=True), synth_dataset, models, tmp_path / "eval16")
+    assert bf16["config"]["amp"] is True and "no intervals" in format_table(bf16)
     for k in ("0", "1"):
         assert bf16["folds"][k]["auc"] == pytest.approx(saved["folds"][k]["auc"], abs=0.02)
 
 
+def test_threshold_saved_with_the_model_wins_and_rules_are_recorded(synth_dataset, tmp_path):
+    quick = dict(n_bootstrap=0, plots=False)
+    saved = fake_generator(tmp_path / "g.pt", synth_dataset, 0, meta={"threshold": 0.05, "threshold_rule": "far", "threshold_far": 0.02})
+    r = run_evaluate(EvaluateConfig(**quick), synth_dataset, saved, tmp_path / "e1")["folds"]["0"]
+    assert r["operating"]["threshold"] == 0.05 and r["operating"]["source"] == "model" and r["operating"]["far"] == 0.02
+    kept = np.load(tmp_path / "e1" / "fold_0" / "scores.npz")
+    assert "val_scores" not in kept.files  # validation is not scored when the model carries its threshold
+    flagged = kept["scores"] >= 0.05
+    assert r["operating"]["recall"] == pytest.approx(flagged[kept["labels"] != 0].mean())
+    plain = fake_generator(tmp_path / "p.pt", synth_dataset, 0)
+    f1 = run_evaluate(EvaluateConfig(threshold_rule="f1", **quick), synth_dataset, plain, tmp_path / "e2")["folds"]["0"]
+    kept = np.load(tmp_path / "e2" / "fold_0" / "scores.npz")
+    assert f1["operating"]["rule"] == "f1" and f1["operating"]["far"] is None
+    assert f1["operating"]["threshold"] == choose_threshold(kept["val_scores"], kept["val_labels"], "f1")
+    assert "best validation F1" in format_table({"folds": {"0": f1}, "overall": {}})
+    paper = fake_generator(tmp_path / "paper.pt", synth_dataset, 0, selection="paper")
+    auto = run_evaluate(EvaluateConfig(**quick), synth_dataset, paper, tmp_path / "e4")["folds"]["0"]
+    assert auto["operating"]["rule"] == "f1" and auto["operating"]["threshold"] == f1["operating"]["threshold"]
+    with pytest.raises(ConfigError, match="EvaluateConfig.far"):
+        run_evaluate(EvaluateConfig(far=0.0, **quick), synth_dataset, plain, tmp_path / "e3")
+
+
+def test_beat_level_bootstrap_is_an_option(synth_dataset, tmp_path):
+    g = fake_generator(tmp_path / "g.pt", synth_dataset, 0)
+    beat = run_evaluate(EvaluateConfig(bootstrap="beat", n_bootstrap=100, plots=False), synth_dataset, g, tmp_path / "b")["folds"]["0"]
+    record = run_evaluate(EvaluateConfig(n_bootstrap=100, plots=False), synth_dataset, g, tmp_path / "r")["folds"]["0"]
+    assert beat["bootstrap"] == "beat" and beat["n_records"] is None and record["bootstrap"] == "record"
+    assert beat["auc"] == record["auc"] and beat["auc_ci"] != record["auc_ci"]
+    assert "beat-level bootstrap" in format_table({"folds": {"0": beat}, "overall": {}})
+
+
+def test_plots_are_written_and_labelled(tmp_path):
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.zeros(400, int), np.full(60, 1), np.full(40, 2), np.full(13, 4)]
+    scores = rng.gamma(2.0, 0.01, size=labels.shape[0]) * (1 + labels)
+    groups = np.arange(labels.shape[0]) % 9
+    m = metrics(scores, labels, 100, groups=groups, threshold=choose_threshold(scores[labels == 0]))
+    m["operating"].update(source="validation", rule="far", far=0.01)
+    paths = plot(scores, labels, tmp_path, "test", result=m)
+    assert sorted(p.name for p in paths) == ["hist.png", "pr.png", "roc.png", "roc_per_class.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
+    bare = plot(scores, labels, tmp_path / "bare")  # without a metrics dict: computed, no intervals or threshold
+    assert len(bare) == 4
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (on the CPU every tensor is already on the device)")
-def test_run_evaluate_scores_beats_already_on_the_gpu(dataset, tmp_path, monkeypatch):
-    """The fold's test beats go to the GPU once; score() must not copy host batches to it one by one."""
+def test_run_evaluate_scores_beats_already_on_the_gpu(synth_dataset, tmp_path, monkeypatch):
+    """The fold's beats go to the GPU once per split; score() must not copy host batches to it one by one."""
     import sibeatgan.evaluate as evaluate
 
     seen = []
@@ -172,20 +129,49 @@ def test_run_evaluate_scores_beats_already_on_the_gpu(dataset, tmp_path, monkeyp
         return score(generator, beats, *args, **kw)
 
     monkeypatch.setattr(evaluate, "score", spy)
-    g0 = fake_generator(tmp_path / "g0.pt", dataset, 0)
-    run_evaluate(EvaluateConfig(device="cuda", n_bootstrap=0, plots=False), dataset, g0, tmp_path / "eval")
-    assert len(seen) == 1 and seen[0].type == "cuda"
+    g0 = fake_generator(tmp_path / "g0.pt", synth_dataset, 0)
+    run_evaluate(EvaluateConfig(device="cuda", n_bootstrap=0, plots=False), synth_dataset, g0, tmp_path / "eval")
+    assert len(seen) == 2 and all(d.type == "cuda" for d in seen)  # test and validation
 
 
-def test_run_evaluate_refuses_leaky_or_foreign_models(dataset, tmp_path):
-    g1 = fake_generator(tmp_path / "g1.pt", dataset, 1)
+def test_run_evaluate_refuses_leaky_or_foreign_models(synth_dataset, tmp_path):
+    quick = dict(n_bootstrap=0, plots=False)
+    g1 = fake_generator(tmp_path / "g1.pt", synth_dataset, 1)
     with pytest.raises(DatasetError, match="fold 1"):
-        run_evaluate(EvaluateConfig(n_bootstrap=0, plots=False), dataset, {0: g1}, tmp_path / "eval")
-    single = run_evaluate(EvaluateConfig(n_bootstrap=0, plots=False), dataset, g1, tmp_path / "eval")
+        run_evaluate(EvaluateConfig(**quick), synth_dataset, {0: g1}, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()  # refused before anything is written
+    g0 = fake_generator(tmp_path / "g0.pt", synth_dataset, 0)
+    with pytest.raises(DatasetError, match="fold 1"):
+        run_evaluate(EvaluateConfig(folds=(0, 2), **quick), synth_dataset, {0: g0, 2: g1}, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()  # not even the good fold 0
+    single = run_evaluate(EvaluateConfig(**quick), synth_dataset, g1, tmp_path / "eval")
     assert list(single["folds"]) == ["1"] and single["overall"]["auc"]["std"] is None
+    foreign = fake_generator(tmp_path / "foreign.pt", synth_dataset, 1, meta={"split_hash": "f" * 64})
+    with pytest.raises(DatasetError, match="trained on split ffff"):
+        run_evaluate(EvaluateConfig(**quick), synth_dataset, foreign, tmp_path / "eval3")
     other = synthetic_dataset(tmp_path / "other", n_normal=300, n_per_class=10, length=64, seed=4)
     with pytest.raises(DatasetError, match="trained on dataset"):
-        run_evaluate(EvaluateConfig(n_bootstrap=0, plots=False), other, g1, tmp_path / "eval2")
+        run_evaluate(EvaluateConfig(**quick), other, g1, tmp_path / "eval2")
+
+
+def test_run_evaluate_refuses_folds_without_their_models(synth_dataset, tmp_path):
+    g0 = fake_generator(tmp_path / "g0.pt", synth_dataset, 0)
+    quick = dict(n_bootstrap=0, plots=False)
+    with pytest.raises(ConfigError, match="5 folds asked for but one model given"):
+        run_evaluate(EvaluateConfig(folds=(0, 1, 2, 3, 4), **quick), synth_dataset, g0, tmp_path / "e1")
+    with pytest.raises(ConfigError, match=r"folds \[0, 1\] asked for, models given for folds \[0\]"):
+        run_evaluate(EvaluateConfig(folds=(0, 1), **quick), synth_dataset, {0: g0}, tmp_path / "e2")
+    assert list(run_evaluate(EvaluateConfig(folds=(0,), **quick), synth_dataset, g0, tmp_path / "e3")["folds"]) == ["0"]
+
+
+def test_cli_evaluate_prints_the_table(synth_dataset, tmp_path):
+    from sibeatgan.cli import app
+
+    g0 = fake_generator(tmp_path / "g0.pt", synth_dataset, 0)
+    run = CliRunner().invoke(app, ["evaluate", "-d", str(synth_dataset), "-m", str(g0), "-o", str(tmp_path / "e"),
+                                   "--set", "n_bootstrap=20", "--set", "plots=false", "--set", "bootstrap=beat"])
+    assert run.exit_code == 0, run.output
+    assert "fold 0:" in run.output and "AUC" in run.output and "beat-level" in run.output
 
 
 def test_teacher_on_the_pipeline_synthetic_data_then_evaluation(synth_dataset, tmp_path):
@@ -199,6 +185,8 @@ def test_teacher_on_the_pipeline_synthetic_data_then_evaluation(synth_dataset, t
     assert fold["auc"] > 0.85 and fold["auc_ci"][0] > 0.75
     assert fold["selection"] == "paper" and fold["epoch"] == trained["best_epoch"]
     assert set(fold["per_class"]) <= {"S", "V", "F", "Q"} and fold["per_class"]
+    # a threshold chosen without test labels flags most anomalies and few normal beats
+    assert fold["operating"]["recall"] > 0.5 and fold["operating"]["false_alarm_rate"] < 0.1
 
 
 @pytest.mark.mitdb
@@ -215,15 +203,6 @@ def test_teacher_and_evaluation_on_mitdb(mitdb_dataset, tmp_path):
     fold = result["folds"]["0"]
     counts = manifest["counts"]
     assert fold["n_anomalous"] == sum(counts[c] - int(np.ceil(0.1 * counts[c])) for c in "SVFQ")
-    assert set(fold["per_class"]) == {"S", "V", "F", "Q"}
+    assert set(fold["per_class"]) == {"S", "V", "F", "Q"} and fold["n_records"] == 44 and fold["bootstrap"] == "record"
     assert 0.0 <= fold["auc_ci"][0] <= fold["auc"] <= fold["auc_ci"][1] <= 1.0
-
-
-def test_run_evaluate_refuses_folds_without_their_models(dataset, tmp_path):
-    g0 = fake_generator(tmp_path / "g0.pt", dataset, 0)
-    quick = dict(n_bootstrap=0, plots=False)
-    with pytest.raises(ConfigError, match="5 folds asked for but one model given"):
-        run_evaluate(EvaluateConfig(folds=(0, 1, 2, 3, 4), **quick), dataset, g0, tmp_path / "e1")
-    with pytest.raises(ConfigError, match=r"folds \[0, 1\] asked for, models given for folds \[0\]"):
-        run_evaluate(EvaluateConfig(folds=(0, 1), **quick), dataset, {0: g0}, tmp_path / "e2")
-    assert list(run_evaluate(EvaluateConfig(folds=(0,), **quick), dataset, g0, tmp_path / "e3")["folds"]) == ["0"]
+    assert 0.0 <= fold["ap_ci"][0] <= fold["ap"] <= fold["ap_ci"][1] <= 1.0

@@ -53,7 +53,7 @@ def test_every_component_runs_on_the_versioned_image_without_installs() -> None:
     executors = pipeline["deploymentSpec"]["executors"]
     assert {"exec-ingest", "exec-validate-records", "exec-preprocess", "exec-validate-beats", "exec-plan-runs",
             "exec-train-teacher", "exec-evaluate", "exec-pick-teacher", "exec-create-study", "exec-tune-worker", "exec-best-config",
-            "exec-train-student", "exec-evaluate-2", "exec-register", "exec-register-2"} <= set(executors)
+            "exec-train-student", "exec-evaluate-2", "exec-compare", "exec-register", "exec-register-2"} <= set(executors)
     for name, ex in executors.items():
         assert ex["container"]["image"] == IMAGE, name
         command = " ".join(ex["container"]["command"] + ex["container"].get("args", []))
@@ -79,6 +79,7 @@ def test_typed_artifacts_between_steps() -> None:
     assert outputs("comp-best-config") == {"best": "system.Dataset", "metrics": "system.Metrics"}
     assert outputs("comp-train-student") == {"model": "system.Model", "metrics": "system.Metrics"}
     assert outputs("comp-register") == {"registration": "system.Artifact"}
+    assert outputs("comp-compare") == {"comparison": "system.Artifact", "metrics": "system.Metrics", "summary": "system.Markdown"}
     pick_inputs = comps["comp-pick-teacher"]["inputDefinitions"]["artifacts"]
     assert pick_inputs["teachers"]["isArtifactList"] and pick_inputs["evaluations"]["isArtifactList"], "fan-in of the teacher loop"
 
@@ -133,7 +134,7 @@ def test_search_student_and_registration() -> None:
     assert "int(inputs.parameter_values['pipelinechannel--trials']) > 0" == student_branch["triggerPolicy"]["condition"]
     assert "!(" in teacher_branch["triggerPolicy"]["condition"], "the Else branch"
     search = comps["comp-condition-4"]["dag"]["tasks"]
-    assert set(search) == {"create-study", "for-loop-3", "best-config", "train-student", "evaluate-2", "register"}
+    assert set(search) == {"create-study", "for-loop-3", "best-config", "train-student", "evaluate-2", "compare", "register"}
     assert search["for-loop-3"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--create-study-Output"
     assert "for-loop-3" in search["best-config"]["dependentTasks"]
     assert set(comps["comp-condition-5"]["dag"]["tasks"]) == {"register-2"}

@@ -26,7 +26,7 @@ def _one(root: Path, pattern: str) -> Path:
 @pytest.mark.slow
 def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
     """synth -> ingest -> gate -> preprocess -> gate -> teacher (ParallelFor) -> evaluate -> study -> two Optuna workers
-    (ParallelFor, one journal) -> best config -> student -> evaluate -> register (staging), through the CLI; then a
+    (ParallelFor, one journal) -> best config -> student -> evaluate -> compare -> register (staging), through the CLI; then a
     run with --trials 0 registers the teacher as the next version in the same registry."""
     from typer.testing import CliRunner
 
@@ -69,6 +69,12 @@ def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
     student = _one(kfp_root, "si-beatgan-*/train-student/model")
     assert (student / "generator.pt").is_file()
     assert json.loads((student / "metrics.json").read_text())["history"][-1]["epoch"] == 2, "student_epochs, not tune_epochs"
+
+    # The student against its teacher on the same test beats (record-level paired bootstrap).
+    versus = _one(kfp_root, "si-beatgan-*/compare")
+    compared = json.loads((versus / "comparison" / "compare.json").read_text())
+    assert compared["pooled"]["auc_a"] == pytest.approx(run["auc"]) and "delta_auc_ci" in compared["pooled"]
+    assert "student against teacher" in (versus / "summary").read_text()
 
     # Registered: the student, under alias staging, in the run's own SQLite registry.
     reg = summary["registered"]

@@ -126,9 +126,31 @@ class StudentGroup:
         return train_student_group(configs, self.dataset, self.teacher, out, callbacks, self.split)
 
 
-def run_tune(tune: TuneConfig, student: StudentConfig, dataset: Path, teacher: Path, out: Path, split: Path | None = None) -> dict[str, Any]:
-    """`sibeatgan tune`: the study over lambda, T, tau (and alpha, beta, lr, init), `tune.workers` processes on one storage."""
-    from sibeatgan.search import run_workers
+def run_tune(tune: TuneConfig, student: StudentConfig, dataset: Path, teacher: Path, out: Path, split: Path | None = None,
+             tracking: Any = None) -> dict[str, Any]:
+    """`sibeatgan tune`: the study over lambda, T, tau (and alpha, beta, lr, init), `tune.workers` processes on one storage.
 
+    With a TrackingConfig, the study is one MLflow run and each trial a nested child run (params, per-epoch values,
+    state: complete, pruned or failed), logged from the workers themselves."""
+    from sibeatgan.search import open_study, run_workers
+
+    out = Path(out)
     _prepare(student, Path(dataset), Path(teacher), split)  # refuse a wrong teacher or split before any worker starts
-    return run_workers(tune, student, Path(out), StudentGroup(dataset, teacher, split))
+    callbacks = None
+    if tracking is not None:
+        from sibeatgan.config import to_dict
+        from sibeatgan.tracking import TrialRuns, flatten, study_run, tracking_uri
+
+        study = open_study(tune, student.selection, out)
+        uri = tracking_uri(tracking, out.parent)
+        parent = study.user_attrs.get("mlflow_run_id")
+        if parent is None:
+            parent = study_run(uri, out / "tracking" / "study", tune.study_name, {**flatten(to_dict(tune), "tune."), **flatten(to_dict(student), "student.")},
+                               experiment=tracking.experiment, tags={"teacher": str(teacher)})
+            if parent is not None:
+                study.set_user_attr("mlflow_run_id", parent)
+        if parent is None:
+            log.warning("MLflow at %s did not answer: the study's trials are not logged (the search goes on)", uri)
+        else:
+            callbacks = TrialRuns(uri, out / "tracking", parent, tracking.experiment)
+    return run_workers(tune, student, out, StudentGroup(dataset, teacher, split), callbacks)
