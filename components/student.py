@@ -36,21 +36,34 @@ def pick_teacher(teachers: Input[List[Model]], evaluations: Input[List[Artifact]
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def create_study(
     teacher: Input[Model], trials: int, workers: int, members_per_worker: int, optuna_storage: str = "", config_yaml: str = "",
-    run_id: str = "local",
+    run_id: str = "local", mlflow_uri: str = "",
 ) -> List[int]:
-    """Create the run's study once, before its workers attach; returns the workers' indices (the ParallelFor's items;
-    every task derives the study's name from the run id)."""
+    """Create the run's study once, before its workers attach, with its MLflow parent run (each trial becomes a
+    nested child run, logged by its worker); returns the workers' indices (the ParallelFor's items; every task
+    derives the study's name from the run id)."""
+    import logging
     import tempfile
     from pathlib import Path
 
-    from sibeatgan.config import StudentConfig
+    from sibeatgan.config import StudentConfig, TrackingConfig, to_dict
     from sibeatgan.pipeline import step_config, tune_config
     from sibeatgan.search import open_study
+    from sibeatgan.tracking import client_env, flatten, study_run, tracking_uri
 
     tune = tune_config(config_yaml, trials, workers, members_per_worker, optuna_storage, run_id)
     base = step_config(StudentConfig, config_yaml)
+    tracking = step_config(TrackingConfig, config_yaml, tracking_uri=mlflow_uri or None)
     with tempfile.TemporaryDirectory() as tmp:
-        open_study(tune, base.selection, Path(tmp))
+        study = open_study(tune, base.selection, Path(tmp))
+        if mlflow_uri and "mlflow_run_id" not in study.user_attrs:
+            client_env(tracking.http_timeout_s)
+            parent = study_run(tracking_uri(tracking, tmp), Path(tmp) / "tracking", tune.study_name,
+                               {**flatten(to_dict(tune), "tune."), **flatten(to_dict(base), "student.")},
+                               experiment=tracking.experiment, tags={"teacher": teacher.uri, "pipeline_run": run_id})
+            if parent is None:
+                logging.getLogger(__name__).warning("MLflow at %s did not answer: the trials are not logged (the search goes on)", mlflow_uri)
+            else:
+                study.set_user_attr("mlflow_run_id", parent)
     return list(range(tune.workers))
 
 
@@ -58,20 +71,30 @@ def create_study(
 def tune_worker(
     beats: Input[Dataset], teacher: Input[Model], trials_out: Output[Artifact], worker: int, trials: int, workers: int,
     members_per_worker: int, tune_epochs: int, optuna_storage: str = "", config_yaml: str = "", device: str = "auto",
-    run_id: str = "local",
+    run_id: str = "local", mlflow_uri: str = "",
 ):
     """One Optuna worker: asks `members_per_worker` trials at a time and trains them as one batched group, until the
-    study's budget is met; a retried worker rejoins the study (a dead one's trials are retried after its heartbeat)."""
+    study's budget is met, each trial a child run of the study's MLflow run; a retried worker rejoins the study (a
+    dead one's trials are retried after its heartbeat)."""
     from pathlib import Path
 
-    from sibeatgan.config import StudentConfig
+    from sibeatgan.config import StudentConfig, TrackingConfig
     from sibeatgan.pipeline import step_config, tune_config
+    from sibeatgan.search import open_study
     from sibeatgan.search import tune_worker as work
+    from sibeatgan.tracking import TrialRuns, client_env
     from sibeatgan.train.distill import StudentGroup
 
     tune = tune_config(config_yaml, trials, workers, members_per_worker, optuna_storage, run_id)
     base = step_config(StudentConfig, config_yaml, fold=int(teacher.metadata["fold"]), epochs=tune_epochs, device=device)
-    result = work(tune, base, Path(trials_out.path), StudentGroup(Path(beats.path), Path(teacher.path)), int(worker))
+    out = Path(trials_out.path)
+    parent = open_study(tune, base.selection, out, int(worker)).user_attrs.get("mlflow_run_id")
+    callbacks = None
+    if mlflow_uri and parent:
+        tracking = step_config(TrackingConfig, config_yaml, tracking_uri=mlflow_uri)
+        client_env(tracking.http_timeout_s)
+        callbacks = TrialRuns(mlflow_uri, out / "tracking", parent, tracking.experiment)
+    result = work(tune, base, out, StudentGroup(Path(beats.path), Path(teacher.path)), int(worker), callbacks)
     trials_out.metadata.update(worker=int(worker), told=result["told"], study=tune.study_name)
 
 

@@ -133,14 +133,14 @@ def si_beatgan(
     tune_args = dict(trials=trials, workers=workers, members_per_worker=members_per_worker, optuna_storage=optuna_storage,
                      config_yaml=config_yaml, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     with dsl.If(trials > 0, name="search-and-student"):
-        study = create_study(teacher=picked.outputs["teacher"], **tune_args)
-        _secret(study.set_caching_options(False), "optuna", optional=True)
+        study = create_study(teacher=picked.outputs["teacher"], mlflow_uri=mlflow_uri, **tune_args)
+        _secret(_secret(study.set_caching_options(False), "optuna", optional=True), "mlflow", optional=True)
         with dsl.ParallelFor(study.output) as worker:
             search = tune_worker(beats=beats.outputs["beats"], teacher=picked.outputs["teacher"], worker=worker, tune_epochs=tune_epochs,
-                                 device=device, **tune_args)
+                                 device=device, mlflow_uri=mlflow_uri, **tune_args)
             search.set_caching_options(False).set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2)
             search.set_memory_request("16G")
-            _secret(_gpu(search, gpu_type), "optuna", optional=True)
+            _secret(_secret(_gpu(search, gpu_type), "optuna", optional=True), "mlflow", optional=True)
         best = best_config(workers_done=dsl.Collected(search.outputs["trials_out"]), teacher=picked.outputs["teacher"],
                            tune_epochs=tune_epochs, device=device, **tune_args)
         _secret(best.set_caching_options(False), "optuna", optional=True)

@@ -149,12 +149,11 @@ def test_search_student_and_registration() -> None:
         assert k8s[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "pipelinechannel--gpu_type", name
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[name]["tolerations"], name
     assert k8s["exec-train-student"]["pvcMount"][0]["mountPath"] == "/checkpoints"
-    for which, names in (("optuna", ("exec-create-study", "exec-tune-worker", "exec-best-config")),
-                         ("mlflow", ("exec-register", "exec-register-2"))):
-        secret, keys = SECRETS[which]
-        for name in names:
-            (env,) = k8s[name]["secretAsEnv"]
-            assert env["secretName"] == secret and {k["envVar"] for k in env["keyToEnv"]} == set(keys.values()), name
+    wanted = {"exec-create-study": ("optuna", "mlflow"), "exec-tune-worker": ("optuna", "mlflow"), "exec-best-config": ("optuna",),
+              "exec-register": ("mlflow",), "exec-register-2": ("mlflow",)}
+    for name, which in wanted.items():
+        envs = {env["secretName"]: {k["envVar"] for k in env["keyToEnv"]} for env in k8s[name]["secretAsEnv"]}
+        assert envs == {SECRETS[w][0]: set(SECRETS[w][1].values()) for w in which}, name
     assert set(SECRETS["mlflow"][1].values()) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     for name in ("trials", "workers", "members_per_worker", "tune_epochs", "student_epochs", "mlflow_uri", "optuna_storage"):

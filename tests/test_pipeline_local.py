@@ -84,6 +84,11 @@ def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db", registry_uri=f"sqlite:///{out}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id])
+    (study,) = [r for r in runs if "optuna.study" in r.data.tags]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+    assert sorted(r.data.tags["optuna.trial"] for r in trials) == ["0", "1"], "each trial a child run, logged by its worker"
+    assert all(r.info.status == "FINISHED" and "val_normal_mse" in r.data.metrics for r in trials)
     staging = client.get_model_version_by_alias("si-beatgan", "staging")
     assert str(staging.version) == "1" and staging.tags["kind"] == "student" and staging.tags["validation"] == "passed"
     logged = {a.path for a in client.list_artifacts(staging.run_id, "validation")}
