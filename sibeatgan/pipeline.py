@@ -71,12 +71,24 @@ def run_grid(folds: Sequence[Any], seeds: Sequence[Any]) -> list[dict[str, int]]
 OPTUNA_STORAGE_ENV = "OPTUNA_STORAGE"  # set from the sibeatgan-optuna secret on a cluster
 
 
+def check_search(trials: int, workers: int, members_per_worker: int, tune_epochs: int = 1, student_epochs: int = 1) -> None:
+    """The search's sizes, refused before any task starts (trials 0 means no search, so the rest is not used then)."""
+    if trials < 0:
+        raise ConfigError(f"trials: {trials} is negative (0 skips the search and registers the teacher)")
+    if trials > 0:
+        for name, value in (("workers", workers), ("members_per_worker", members_per_worker), ("tune_epochs", tune_epochs),
+                            ("student_epochs", student_epochs)):
+            if value < 1:
+                raise ConfigError(f"{name}: {value}; the search needs at least 1")
+
+
 def tune_config(config_yaml: str, trials: int, workers: int, members_per_worker: int, storage: str, run_id: str) -> Any:
     """The search's TuneConfig in a pipeline task: the `tune` section plus the pipeline's parameters; the storage is
     the `optuna_storage` parameter (a journal file locally), else $OPTUNA_STORAGE (the cluster's database, from a
     secret); the study is named after the pipeline run so each run searches afresh and a retried worker rejoins it."""
     from sibeatgan.config import TuneConfig
 
+    check_search(trials, workers, members_per_worker)
     url = storage or os.environ.get(OPTUNA_STORAGE_ENV, "")
     if not url:
         raise ConfigError(f"no Optuna storage: the optuna_storage parameter is empty and ${OPTUNA_STORAGE_ENV} is not set "
@@ -181,6 +193,7 @@ def run_pipeline_local(
     from components import synth
     from pipelines.si_beatgan import si_beatgan
 
+    check_search(trials, workers, members_per_worker, tune_epochs, student_epochs)
     out = Path(out).expanduser().resolve()
     config_yaml = _yaml_text(config)
     for name, value in MALLOC_ENV.items():  # as in the image; each task's subprocess inherits them at start

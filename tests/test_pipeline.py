@@ -173,6 +173,9 @@ def test_tune_config_storage_and_study_per_run(monkeypatch: pytest.MonkeyPatch) 
     tune = tune_config("tune:\n  grace_s: 5\n", 4, 2, 3, "/shared/s.journal", "run-1")
     assert (tune.n_trials, tune.workers, tune.group_size, tune.storage, tune.grace_s) == (4, 2, 3, "/shared/s.journal", 5.0)
     assert tune.study_name == "si-beatgan-student-run-1"
+    for bad in ((4, 0, 2), (4, 2, 0), (-1, 2, 2)):
+        with pytest.raises(ConfigError):
+            tune_config("", *bad, "/shared/s.journal", "run-1")
     monkeypatch.setenv("OPTUNA_STORAGE", "postgresql://u:p@db/optuna")
     assert tune_config("", 4, 2, 2, "", "run-2").storage == "postgresql://u:p@db/optuna", "the secret's URL on a cluster"
 
