@@ -61,7 +61,8 @@ def create_study(
                                {**flatten(to_dict(tune), "tune."), **flatten(to_dict(base), "student.")},
                                experiment=tracking.experiment, tags={"teacher": teacher.uri, "pipeline_run": run_id})
             if parent is None:
-                logging.getLogger(__name__).warning("MLflow at %s did not answer: the trials are not logged (the search goes on)", mlflow_uri)
+                logging.getLogger(__name__).warning("MLflow at %s did not answer: the trials are not logged (the search goes on)",
+                                                    mlflow_uri)
             else:
                 study.set_user_attr("mlflow_run_id", parent)
     return list(range(tune.workers))

@@ -100,7 +100,8 @@ def tune_config(config_yaml: str, trials: int, workers: int, members_per_worker:
 
 def pick_run(artifacts: Sequence[Any], fold: int, seed: int, what: str) -> Any:
     """The artifact of one (fold, seed) among a ParallelFor's collected outputs (matched on their metadata)."""
-    found = [a for a in artifacts if _as_int(a.metadata.get("fold", -1), "fold") == fold and _as_int(a.metadata.get("seed", -1), "seed") == seed]
+    found = [a for a in artifacts
+             if _as_int(a.metadata.get("fold", -1), "fold") == fold and _as_int(a.metadata.get("seed", -1), "seed") == seed]
     if len(found) != 1:
         raise ConfigError(f"{what}: {len(found)} artifacts of fold {fold} seed {seed} among {len(artifacts)} "
                           f"({[(a.metadata.get('fold'), a.metadata.get('seed')) for a in artifacts]})")
