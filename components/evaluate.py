@@ -1,4 +1,5 @@
-"""The evaluation component: test metrics of one trained generator, its ROC curve and a summary."""
+"""Evaluation components: test metrics of one trained generator (its ROC curve, a summary), and the paired
+comparison of two models evaluated on the same test beats."""
 
 
 from kfp import dsl
@@ -35,8 +36,41 @@ def evaluate(
         metrics.log_metric(key, m[key])
     for key in ("f1", "threshold", "precision", "recall", "false_alarm_rate"):  # at the threshold chosen without test labels
         metrics.log_metric(f"{key}_at_threshold", m["operating"][key])
-    metrics.metadata.update(fold=int(fold), seed=int(model.metadata.get("seed", 0)))
+    kind, seed = str(model.metadata.get("kind", "teacher")), int(model.metadata.get("seed", 0))
+    metrics.metadata.update(fold=int(fold), seed=seed, kind=kind)
+    evaluation.metadata.update(fold=int(fold), seed=seed, kind=kind, auc=float(m["auc"]))
     scored = np.load(Path(evaluation.path) / f"fold_{fold}" / "scores.npz")
     roc.log_roc_curve(*roc_points(scored["scores"], scored["labels"] != 0))
-    name = f"teacher, fold {fold}, seed {int(model.metadata.get('seed', 0))}"
+    name = f"{kind}, fold {fold}, seed {seed}"
     write_text(summary.path, evaluation_markdown(result, f"Evaluation: {name}"))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def compare(
+    beats: Input[Dataset],
+    evaluation_a: Input[Artifact],
+    evaluation_b: Input[Artifact],
+    comparison: Output[Artifact],
+    metrics: Output[Metrics],
+    summary: Output[Markdown],
+    config_yaml: str = "",
+):
+    """Model b (the student) against model a (its teacher) on the same test beats: delta AUC and AP with a
+    record-level paired bootstrap interval and p-value."""
+    from pathlib import Path
+
+    from sibeatgan.compare import run_compare
+    from sibeatgan.config import EvaluateConfig
+    from sibeatgan.files import write_text
+    from sibeatgan.pipeline import step_config
+
+    conf = step_config(EvaluateConfig, config_yaml)
+    result = run_compare(conf, Path(beats.path), Path(evaluation_a.path), Path(evaluation_b.path), Path(comparison.path))
+    pooled = result["pooled"]
+    for key in ("auc_a", "auc_b", "delta_auc", "p_auc", "ap_a", "ap_b", "delta_ap", "p_ap"):
+        if pooled.get(key) is not None:  # p-values are absent without bootstrap resamples
+            metrics.log_metric(key, float(pooled[key]))
+    a, b = (str(e.metadata.get("kind", "?")) for e in (evaluation_a, evaluation_b))
+    comparison.metadata.update(a=a, b=b, delta_auc=float(pooled["delta_auc"]), p_auc=pooled.get("p_auc"))
+    table = (Path(comparison.path) / "table.txt").read_text()
+    write_text(summary.path, f"# {b} against {a} (delta = {b} - {a}), same test beats\n\n```\n{table}```\n")

@@ -475,9 +475,17 @@ def pipeline_run(
     epochs: int = typer.Option(10, help="Teacher epochs."),
     records: Optional[str] = typer.Option(None, help="Comma-separated records (default: the protocol's, or all the synthetic ones)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    trials: int = typer.Option(2, help="Optuna trial budget of the student search (0: no search and no student; the teacher is registered)."),
+    workers: int = typer.Option(2, help="Optuna workers (ParallelFor items, one process each) on the one study."),
+    members_per_worker: int = typer.Option(1, help="Trials each worker trains at once as one batched group."),
+    tune_epochs: int = typer.Option(1, help="Epochs of each trial."),
+    student_epochs: int = typer.Option(2, help="Epochs of the final student."),
+    mlflow_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)."),
+    optuna_storage: Optional[str] = typer.Option(None, help="Optuna storage: a *.journal path or a database URL (default: OUT/optuna/studies.journal)."),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
-    """Run the whole pipeline with kfp's local runner (SubprocessRunner, this Python): same components as on a cluster."""
+    """Run the whole pipeline with kfp's local runner (SubprocessRunner, this Python): same components as on a cluster,
+    ending with a model registered under alias `staging` in a local MLflow registry."""
     from sibeatgan.pipeline import run_pipeline_local
 
     def ints(text: str, name: str) -> list[int]:
@@ -489,12 +497,19 @@ def pipeline_run(
     t = time.perf_counter()
     result = run_pipeline_local(
         out, source=source, folds=ints(folds, "folds"), seeds=ints(seeds, "seeds"), epochs=epochs, config=config,
-        records=tuple(r.strip() for r in (records or "").split(",") if r.strip()), device=device,
+        records=tuple(r.strip() for r in (records or "").split(",") if r.strip()), device=device, trials=trials, workers=workers,
+        members_per_worker=members_per_worker, tune_epochs=tune_epochs, student_epochs=student_epochs, mlflow_uri=mlflow_uri,
+        optuna_storage=optuna_storage,
     )
     _done("pipeline", t, result, ())
     for r in result["runs"]:
-        typer.echo(f"fold {r['fold']} seed {r['seed']}: test AUC {r['auc']:.4f}  AP {r['ap']:.4f}  F1 {r['f1']:.4f}  ({r['n']} beats)")
+        typer.echo(f"fold {r['fold']} seed {r['seed']}: test AUC {r['auc']:.4f}  AP {r['ap']:.4f}  F1 {r['f1_at_threshold']:.4f} at the "
+                   f"validation threshold  ({r['n']} beats)")
+    reg = result["registered"]
+    typer.echo(f"registered {reg['name']} version {reg['version']} ({reg['kind']}, fold {reg['fold']}, test AUC {reg['auc']:.4f}) "
+               f"as {reg['model_uri']} (alias {reg['alias']}) in {reg['tracking_uri']}")
     typer.echo(f"artifacts in {result['out']}/kfp, summary in {result['out']}/summary.json")
+    typer.echo(f"MLflow UI: {reg['ui']}")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,46 @@ def run_grid(folds: Sequence[Any], seeds: Sequence[Any]) -> list[dict[str, int]]
     return [{"fold": fold, "seed": seed} for seed in s for fold in f]
 
 
+OPTUNA_STORAGE_ENV = "OPTUNA_STORAGE"  # set from the sibeatgan-optuna secret on a cluster
+
+
+def check_search(trials: int, workers: int, members_per_worker: int, tune_epochs: int = 1, student_epochs: int = 1) -> None:
+    """The search's sizes, refused before any task starts (trials 0 means no search, so the rest is not used then)."""
+    if trials < 0:
+        raise ConfigError(f"trials: {trials} is negative (0 skips the search and registers the teacher)")
+    if trials > 0:
+        for name, value in (("workers", workers), ("members_per_worker", members_per_worker), ("tune_epochs", tune_epochs),
+                            ("student_epochs", student_epochs)):
+            if value < 1:
+                raise ConfigError(f"{name}: {value}; the search needs at least 1")
+
+
+def tune_config(config_yaml: str, trials: int, workers: int, members_per_worker: int, storage: str, run_id: str) -> Any:
+    """The search's TuneConfig in a pipeline task: the `tune` section plus the pipeline's parameters; the storage is
+    the `optuna_storage` parameter (a journal file locally), else $OPTUNA_STORAGE (the cluster's database, from a
+    secret); the study is named after the pipeline run so each run searches afresh and a retried worker rejoins it."""
+    from sibeatgan.config import TuneConfig
+
+    check_search(trials, workers, members_per_worker)
+    url = storage or os.environ.get(OPTUNA_STORAGE_ENV, "")
+    if not url:
+        raise ConfigError(f"no Optuna storage: the optuna_storage parameter is empty and ${OPTUNA_STORAGE_ENV} is not set "
+                          "(on a cluster it comes from the sibeatgan-optuna secret; locally give a *.journal path all tasks can see)")
+    base = step_config(TuneConfig, config_yaml)
+    return step_config(TuneConfig, config_yaml, n_trials=trials, workers=workers, group_size=members_per_worker, storage=url,
+                       study_name=f"{base.study_name}-{run_id}")
+
+
+def pick_run(artifacts: Sequence[Any], fold: int, seed: int, what: str) -> Any:
+    """The artifact of one (fold, seed) among a ParallelFor's collected outputs (matched on their metadata)."""
+    found = [a for a in artifacts
+             if _as_int(a.metadata.get("fold", -1), "fold") == fold and _as_int(a.metadata.get("seed", -1), "seed") == seed]
+    if len(found) != 1:
+        raise ConfigError(f"{what}: {len(found)} artifacts of fold {fold} seed {seed} among {len(artifacts)} "
+                          f"({[(a.metadata.get('fold'), a.metadata.get('seed')) for a in artifacts]})")
+    return found[0]
+
+
 def roc_points(scores: np.ndarray, positive: np.ndarray, max_points: int = 200) -> tuple[list[float], list[float], list[float]]:
     """(fpr, tpr, thresholds) of the ROC curve, thinned to at most `max_points` (KFP stores them as
     run metadata) and with finite thresholds only (the curve's first point has threshold +inf)."""
@@ -83,12 +123,15 @@ def roc_points(scores: np.ndarray, positive: np.ndarray, max_points: int = 200) 
 
 def evaluation_markdown(result: dict[str, Any], title: str) -> str:
     """The evaluation summary the KFP UI shows: one row per fold, per-class AUC, and where the files are."""
-    lines = [f"# {title}", "", "| fold | AUC | AP | F1 | test beats (anomalous) | epoch | selection |", "|---|---|---|---|---|---|---|"]
+    lines = [f"# {title}", "", "| fold | AUC | AP | F1 at the threshold | best F1 (oracle) | test beats (anomalous) | epoch | selection |",
+             "|---|---|---|---|---|---|---|---|"]
     for fold, m in result["folds"].items():
         ci = m.get("auc_ci")
         auc = f"{m['auc']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
-        lines.append(f"| {fold} | {auc} | {m['ap']:.4f} | {m['f1']:.4f} | {m['n']} ({m['n_anomalous']}) "
-                     f"| {m.get('epoch')} | {m.get('selection')} |")
+        op = m.get("operating") or {}
+        at = f"{op['f1']:.4f} (threshold {op['threshold']:.4g}, {op.get('rule', 'saved')})" if "f1" in op else "n/a"
+        lines.append(f"| {fold} | {auc} | {m['ap']:.4f} | {at} | {m.get('f1_oracle', m.get('f1', float('nan'))):.4f} "
+                     f"| {m['n']} ({m['n_anomalous']}) | {m.get('epoch')} | {m.get('selection')} |")
     for fold, m in result["folds"].items():
         per_class = ", ".join(f"{c} {v['auc']:.4f} (n={v['n']})" for c, v in m.get("per_class", {}).items())
         lines += ["", f"Per-class AUC, fold {fold}: {per_class or 'none'}"]
@@ -103,6 +146,11 @@ def _source_tree() -> Path:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     return ROOT
+
+
+def local_mlflow_uri(out: Path) -> str:
+    """The local run's MLflow store: an absolute SQLite path every task subprocess sees (artifacts go beside it)."""
+    return f"sqlite:///{Path(out).expanduser().resolve() / 'mlflow.db'}"
 
 
 def _yaml_text(config: Path | None) -> str:
@@ -123,12 +171,22 @@ def run_pipeline_local(
     config: Path | None = None,
     records: Sequence[str] = (),
     device: str = "auto",
+    trials: int = 2,
+    workers: int = 2,
+    members_per_worker: int = 1,
+    tune_epochs: int = 1,
+    student_epochs: int = 2,
+    mlflow_uri: str | None = None,
+    optuna_storage: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run pipelines/si_beatgan.py with kfp.local's SubprocessRunner in this Python environment.
 
     With no `source`, the `synth` component writes a synthetic database first and the pipeline ingests
     it. Accelerators, node selectors, secrets and PVCs are cluster settings the local runner ignores;
-    teacher checkpoints go to OUT/checkpoints. Returns a summary with each run's test metrics.
+    checkpoints go to OUT/checkpoints, the Optuna workers (one subprocess each) share the journal
+    OUT/optuna/studies.journal (one study per run), and the model is registered in the MLflow store
+    sqlite:///OUT/mlflow.db (artifacts beside it) unless `mlflow_uri` says otherwise. Returns a summary with
+    each teacher's test metrics and the registered version.
     """
     from kfp import local
 
@@ -136,11 +194,12 @@ def run_pipeline_local(
     from components import synth
     from pipelines.si_beatgan import si_beatgan
 
+    check_search(trials, workers, members_per_worker, tune_epochs, student_epochs)
     out = Path(out).expanduser().resolve()
     config_yaml = _yaml_text(config)
     for name, value in MALLOC_ENV.items():  # as in the image; each task's subprocess inherits them at start
         os.environ.setdefault(name, value)
-    for name in ("kfp", "workspace", "checkpoints"):
+    for name in ("kfp", "workspace", "checkpoints", "optuna"):
         (out / name).mkdir(parents=True, exist_ok=True)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
@@ -158,7 +217,10 @@ def run_pipeline_local(
         defaults = {name: spec.default for name, spec in si_beatgan.component_spec.inputs.items()}
         defaults.update(
             source=str(source), records=list(records), folds=list(folds), seeds=list(seeds), epochs=int(epochs),
-            config_yaml=config_yaml, device=device, checkpoint_root=str(out / "checkpoints"),
+            config_yaml=config_yaml, device=device, checkpoint_root=str(out / "checkpoints"), trials=int(trials),
+            workers=int(workers), members_per_worker=int(members_per_worker), tune_epochs=int(tune_epochs),
+            student_epochs=int(student_epochs), mlflow_uri=mlflow_uri or local_mlflow_uri(out),
+            optuna_storage=str(Path(optuna_storage).expanduser().resolve()) if optuna_storage else str(out / "optuna" / "studies.journal"),
         )
         try:
             run = si_beatgan(**defaults)
@@ -166,11 +228,15 @@ def run_pipeline_local(
             plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
             raise PipelineFailed(f"{plain} (task outputs and logs under {out / 'kfp'})") from None
     runs = []
-    for metrics in run.outputs["Output"]:
+    for metrics in run.outputs["teachers"]:
         m = {k: (int(v) if k in ("fold", "seed", "n") else v) for k, v in metrics.metadata.items()}
         runs.append({**m, "metrics": metrics.path})
     runs.sort(key=lambda r: (r["seed"], r["fold"]))
-    summary = {"source": str(source), "records": list(records), "out": str(out), "runs": runs}
+    registered = dict(run.outputs["registered"])  # JSON numbers come back as floats
+    registered.update(version=int(registered["version"]), fold=int(registered["fold"]))
+    uri = defaults["mlflow_uri"]
+    registered.update(tracking_uri=uri, ui=f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri)
+    summary = {"source": str(source), "records": list(records), "out": str(out), "runs": runs, "registered": registered}
     from sibeatgan.files import write_json
 
     write_json(out / "summary.json", summary)

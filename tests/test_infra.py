@@ -109,6 +109,10 @@ def test_pipeline_and_infra_agree() -> None:
     refs = _secret_refs(docs)
     name, keys = SECRETS["s3"]
     assert {(name, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} <= refs
+    mlflow_secret, mlflow_keys = SECRETS["mlflow"]
+    assert {(mlflow_secret, k) for k in mlflow_keys} <= refs, "register logs in as the server's own tracking user"
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow"]
+    assert defaults["mlflow_uri"] == f"http://mlflow:{service['spec']['ports'][0]['port']}"
     readme = (ROOT / "README.md").read_text()
-    for secret, key in refs | {(name, k) for k in keys}:
+    for secret, key in refs | {(name, k) for k in keys} | {SECRETS["optuna"][:1] + (k,) for k in SECRETS["optuna"][1]}:
         assert secret in readme and key in readme, f"README does not say how to create {secret} ({key})"

@@ -52,7 +52,8 @@ def test_every_component_runs_on_the_versioned_image_without_installs() -> None:
     pipeline, _ = _spec()
     executors = pipeline["deploymentSpec"]["executors"]
     assert {"exec-ingest", "exec-validate-records", "exec-preprocess", "exec-validate-beats", "exec-plan-runs",
-            "exec-train-teacher", "exec-evaluate"} <= set(executors)
+            "exec-train-teacher", "exec-evaluate", "exec-pick-teacher", "exec-create-study", "exec-tune-worker", "exec-best-config",
+            "exec-train-student", "exec-evaluate-2", "exec-compare", "exec-register", "exec-register-2"} <= set(executors)
     for name, ex in executors.items():
         assert ex["container"]["image"] == IMAGE, name
         command = " ".join(ex["container"]["command"] + ex["container"].get("args", []))
@@ -73,6 +74,14 @@ def test_typed_artifacts_between_steps() -> None:
     assert outputs("comp-train-teacher") == {"model": "system.Model", "metrics": "system.Metrics"}
     assert outputs("comp-evaluate") == {"metrics": "system.Metrics", "roc": "system.ClassificationMetrics",
                                         "summary": "system.Markdown", "evaluation": "system.Artifact"}
+    assert outputs("comp-pick-teacher") == {"teacher": "system.Model", "evaluation": "system.Artifact"}
+    assert outputs("comp-tune-worker") == {"trials_out": "system.Artifact"}
+    assert outputs("comp-best-config") == {"best": "system.Dataset", "metrics": "system.Metrics"}
+    assert outputs("comp-train-student") == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs("comp-register") == {"registration": "system.Artifact"}
+    assert outputs("comp-compare") == {"comparison": "system.Artifact", "metrics": "system.Metrics", "summary": "system.Markdown"}
+    pick_inputs = comps["comp-pick-teacher"]["inputDefinitions"]["artifacts"]
+    assert pick_inputs["teachers"]["isArtifactList"] and pick_inputs["evaluations"]["isArtifactList"], "fan-in of the teacher loop"
 
 
 def test_gates_come_before_training_and_steps_are_set_deliberately() -> None:
@@ -111,6 +120,76 @@ def test_gpu_pool_secrets_and_checkpoint_volume() -> None:
     assert {k["secretKey"] for k in env["keyToEnv"]} == set(keys)
     assert not any(w in p.lower() for p in params for w in ("password", "secret", "access_key", "token")), \
         "credentials come from Kubernetes secrets, never parameters"
+
+
+def test_search_student_and_registration() -> None:
+    """trials > 0: study once, workers in a ParallelFor on the GPU pool with the study's storage from a secret, best config,
+    student, evaluate, register; else the teacher is registered. Either way one `registered` output."""
+    from pipelines.si_beatgan import SECRETS
+
+    pipeline, k8s = _spec()
+    comps = pipeline["components"]
+    branches = comps["comp-condition-branches-2"]["dag"]["tasks"]
+    student_branch, teacher_branch = (branches[n] for n in ("condition-4", "condition-5"))
+    assert "int(inputs.parameter_values['pipelinechannel--trials']) > 0" == student_branch["triggerPolicy"]["condition"]
+    assert "!(" in teacher_branch["triggerPolicy"]["condition"], "the Else branch"
+    search = comps["comp-condition-4"]["dag"]["tasks"]
+    assert set(search) == {"create-study", "for-loop-3", "best-config", "train-student", "evaluate-2", "compare", "register"}
+    assert search["for-loop-3"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--create-study-Output"
+    assert "for-loop-3" in search["best-config"]["dependentTasks"]
+    assert set(comps["comp-condition-5"]["dag"]["tasks"]) == {"register-2"}
+    gates = set(comps["comp-register"]["inputDefinitions"]["artifacts"]) & {"records_report", "beats_report"}
+    assert gates == {"records_report", "beats_report"}, "the gates' verdict and reports go with the model"
+    worker = comps["comp-for-loop-3"]["dag"]["tasks"]["tune-worker"]
+    assert worker["retryPolicy"]["maxRetryCount"] == 2 and not worker.get("cachingOptions", {}).get("enableCache")
+    assert search["train-student"]["retryPolicy"]["maxRetryCount"] == 3
+    executors = pipeline["deploymentSpec"]["executors"]
+    for name in ("exec-tune-worker", "exec-train-student"):
+        assert executors[name]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu", name
+        assert k8s[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "pipelinechannel--gpu_type", name
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[name]["tolerations"], name
+    assert k8s["exec-train-student"]["pvcMount"][0]["mountPath"] == "/checkpoints"
+    wanted = {"exec-create-study": ("optuna", "mlflow"), "exec-tune-worker": ("optuna", "mlflow"), "exec-best-config": ("optuna",),
+              "exec-register": ("mlflow",), "exec-register-2": ("mlflow",)}
+    for name, which in wanted.items():
+        envs = {env["secretName"]: {k["envVar"] for k in env["keyToEnv"]} for env in k8s[name]["secretAsEnv"]}
+        assert envs == {SECRETS[w][0]: set(SECRETS[w][1].values()) for w in which}, name
+    assert set(SECRETS["mlflow"][1].values()) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    for name in ("trials", "workers", "members_per_worker", "tune_epochs", "student_epochs", "mlflow_uri", "optuna_storage"):
+        assert name in params, name
+    assert params["optuna_storage"]["defaultValue"] == "" and params["mlflow_uri"]["defaultValue"] == "http://mlflow:5000"
+    outputs = pipeline["root"]["outputDefinitions"]
+    assert outputs["parameters"]["registered"]["parameterType"] == "STRUCT" and outputs["artifacts"]["teachers"]["isArtifactList"]
+
+
+def test_tune_config_storage_and_study_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.pipeline import tune_config
+
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    with pytest.raises(ConfigError, match="no Optuna storage"):
+        tune_config("", 4, 2, 2, "", "run-1")
+    tune = tune_config("tune:\n  grace_s: 5\n", 4, 2, 3, "/shared/s.journal", "run-1")
+    assert (tune.n_trials, tune.workers, tune.group_size, tune.storage, tune.grace_s) == (4, 2, 3, "/shared/s.journal", 5.0)
+    assert tune.study_name == "si-beatgan-student-run-1"
+    for bad in ((4, 0, 2), (4, 2, 0), (-1, 2, 2)):
+        with pytest.raises(ConfigError):
+            tune_config("", *bad, "/shared/s.journal", "run-1")
+    monkeypatch.setenv("OPTUNA_STORAGE", "postgresql://u:p@db/optuna")
+    assert tune_config("", 4, 2, 2, "", "run-2").storage == "postgresql://u:p@db/optuna", "the secret's URL on a cluster"
+
+
+def test_pick_run_matches_fold_and_seed() -> None:
+    from kfp.dsl import Model
+
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.pipeline import pick_run
+
+    models = [Model(uri=f"/m{i}", metadata={"fold": float(f), "seed": 0}) for i, f in enumerate((1, 0, 2))]
+    assert pick_run(models, 0, 0, "teacher").uri == "/m1"
+    with pytest.raises(ConfigError, match="0 artifacts of fold 3 seed 0"):
+        pick_run(models, 3, 0, "teacher")
 
 
 def test_step_config_reads_sections_and_typed_overrides() -> None:

@@ -12,6 +12,7 @@ pytest.importorskip("kfp")
 TINY = """\
 synth: {n_records: 4, duration_s: 120}
 teacher: {max_train_beats: 64, cuda_graph: false}
+student: {max_train_beats: 64, cuda_graph: false}
 evaluate: {n_bootstrap: 20, plots: false}
 """
 
@@ -24,7 +25,9 @@ def _one(root: Path, pattern: str) -> Path:
 
 @pytest.mark.slow
 def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
-    """synth -> ingest -> gate -> preprocess -> gate -> teacher (ParallelFor) -> evaluate, through the CLI."""
+    """synth -> ingest -> gate -> preprocess -> gate -> teacher (ParallelFor) -> evaluate -> study -> two Optuna workers
+    (ParallelFor, one journal) -> best config -> student -> evaluate -> compare -> register (staging), through the CLI; then a
+    run with --trials 0 registers the teacher as the next version in the same registry."""
     from typer.testing import CliRunner
 
     from sibeatgan.cli import app
@@ -54,6 +57,50 @@ def test_pipeline_run_end_to_end(tmp_path: Path) -> None:
     roc = outputs["roc"]["artifacts"][0]["metadata"]["confidenceMetrics"]
     assert len(roc) >= 2 and {"falsePositiveRate", "recall", "confidenceThreshold"} <= set(roc[0])
     assert outputs["metrics"]["artifacts"][0]["metadata"]["auc"] == pytest.approx(run["auc"])
+
+    # The search: two workers (separate subprocesses) on one study in the run's journal, one trial each.
+    told = [json.loads((w / "executor_output.json").read_text())["artifacts"]["trials_out"]["artifacts"][0]["metadata"]
+            for w in sorted(kfp_root.glob("si-beatgan-*/for-loop-*/tune-worker"))]
+    assert sorted(t["worker"] for t in told) == [0, 1] and sum(t["told"] for t in told) == 2
+    assert len({t["study"] for t in told}) == 1 and (out / "optuna" / "studies.journal").is_file()
+    best = _one(kfp_root, "si-beatgan-*/best-config/best")
+    assert json.loads((best / "summary.json").read_text())["trials"]["complete"] == 2
+    assert "student" in json.loads((best / "best.json").read_text())
+    student = _one(kfp_root, "si-beatgan-*/train-student/model")
+    assert (student / "generator.pt").is_file()
+    assert json.loads((student / "metrics.json").read_text())["history"][-1]["epoch"] == 2, "student_epochs, not tune_epochs"
+
+    # The student against its teacher on the same test beats (record-level paired bootstrap).
+    versus = _one(kfp_root, "si-beatgan-*/compare")
+    compared = json.loads((versus / "comparison" / "compare.json").read_text())
+    assert compared["pooled"]["auc_a"] == pytest.approx(run["auc"]) and "delta_auc_ci" in compared["pooled"]
+    assert "student against teacher" in (versus / "summary").read_text()
+
+    # Registered: the student, under alias staging, in the run's own SQLite registry.
+    reg = summary["registered"]
+    assert (reg["kind"], reg["version"], reg["alias"]) == ("student", 1, "staging")
+    assert f"mlflow ui --backend-store-uri sqlite:///{out}/mlflow.db" in result.output
+    assert f"registered si-beatgan version 1 (student" in result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow.db", registry_uri=f"sqlite:///{out}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id])
+    (study,) = [r for r in runs if "optuna.study" in r.data.tags]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+    assert sorted(r.data.tags["optuna.trial"] for r in trials) == ["0", "1"], "each trial a child run, logged by its worker"
+    assert all(r.info.status == "FINISHED" and "val_normal_mse" in r.data.metrics for r in trials)
+    staging = client.get_model_version_by_alias("si-beatgan", "staging")
+    assert str(staging.version) == "1" and staging.tags["kind"] == "student" and staging.tags["validation"] == "passed"
+    logged = {a.path for a in client.list_artifacts(staging.run_id, "validation")}
+    assert logged == {"validation/validation.json", "validation/validation.beats.html", "validation/validation.records.html"}
+
+    # No search: the teacher is registered and staging moves to it.
+    again = CliRunner().invoke(app, ["pipeline", "run", "--out", str(out), "--epochs", "1", "--device", "cpu", "-c", str(config),
+                                     "--trials", "0"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "summary.json").read_text())["registered"]["kind"] == "teacher"
+    staging = client.get_model_version_by_alias("si-beatgan", "staging")
+    assert str(staging.version) == "2" and staging.tags["kind"] == "teacher"
 
 
 def test_failing_gate_stops_the_run_before_training(tmp_path: Path) -> None:
