@@ -187,7 +187,7 @@ class _StepTracker:
     def on_fit_start(self, info: dict[str, Any]) -> None:
         from sibeatgan.tracking import step_tracker
 
-        tracking = cfg.load_config(cfg.TrackingConfig, self.config_path)
+        tracking = _tracking_config(self.config_path)
         self.tracker = step_tracker(tracking, self.out, self.step, tags={k: v for k, v in self.tags.items() if v is not None})
         self.tracker.on_fit_start(info)
 
@@ -197,13 +197,24 @@ class _StepTracker:
     def on_fit_end(self, result: dict[str, Any]) -> None:
         self.tracker.on_fit_end(result)
 
-    def finish(self, files: tuple[str, ...] = ()) -> None:
+    def finish(self, files: tuple[str, ...] = (), status: str = "FINISHED") -> None:
         if self.tracker is None:
             return
         for name in files:
             if (self.out / name).exists():
                 self.tracker.log_artifact(self.out / name)
-        self.tracker.finish()
+        self.tracker.finish(status)
+
+
+def _tracking_config(path: Optional[Path]) -> Any:
+    """The `tracking:` section of a file of sections; a file of one step's top-level fields says nothing of tracking."""
+    import yaml
+
+    if path is not None and Path(path).is_file():
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if isinstance(loaded, dict) and "tracking" in loaded:
+            return cfg.load_config(cfg.TrackingConfig, path)
+    return cfg.TrackingConfig()
 
 
 def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **tags: Any) -> list[Any]:
@@ -212,9 +223,9 @@ def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **t
     return [_StepTracker(config_path, step, out, tags)] if track else []
 
 
-def _finish_tracker(callbacks: list[Any], files: tuple[str, ...] = ()) -> None:
+def _finish_tracker(callbacks: list[Any], files: tuple[str, ...] = (), status: str = "FINISHED") -> None:
     for cb in callbacks:
-        cb.finish(files)
+        cb.finish(files, status)
 
 
 @app.command("train-teacher")
@@ -238,7 +249,11 @@ def train_teacher(
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
     tracking = _tracker(track, config, "train-teacher", out, protocol=conf.split, device=conf.device)
-    result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
+    try:
+        result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
+    except BaseException:
+        _finish_tracker(tracking, ("metrics.json",), "FAILED")
+        raise
     _finish_tracker(tracking, ("metrics.json",))
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
@@ -267,7 +282,11 @@ def train_student(
     t = time.perf_counter()
     conf = _config(cfg.StudentConfig, config, set_, epochs=epochs, fold=fold, device=device)
     tracking = _tracker(track, config, "train-student", out, protocol=conf.split, device=conf.device)
-    result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
+    try:
+        result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
+    except BaseException:
+        _finish_tracker(tracking, ("metrics.json",), "FAILED")
+        raise
     _finish_tracker(tracking, ("metrics.json",))
     _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
@@ -300,7 +319,7 @@ def tune(
     tune_conf = _config(cfg.TuneConfig, config, tune_sets, n_trials=trials, workers=workers, group_size=group_size, storage=storage)
     student_conf = _config(cfg.StudentConfig, config, student_sets)
     t = time.perf_counter()
-    tracking = cfg.load_config(cfg.TrackingConfig, config) if track else None
+    tracking = _tracking_config(config) if track else None
     result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path, tracking=tracking)
     _done("tune", t, result, ("trial", "value", "criterion", "params", "trials"))
     typer.echo(f"best trial {result['trial']}: {result['criterion']} {result['value']:.6g} {json.dumps(result['params'])}; "
@@ -512,9 +531,6 @@ def pipeline_run(
     typer.echo(f"MLflow UI: {reg['ui']}")
 
 
-if __name__ == "__main__":
-    main()
-
 
 @app.command()
 def compare(
@@ -532,3 +548,7 @@ def compare(
     result = run_compare(_config(cfg.EvaluateConfig, config, set_), dataset, a, b, out)
     typer.echo(format_compare_table(result))
     _done("compare", t, {}, ())
+
+
+if __name__ == "__main__":
+    main()

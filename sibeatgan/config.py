@@ -211,6 +211,21 @@ class TuneConfig(Section):
     lr: tuple[float, float] = (3e-5, 3e-4)
     init: tuple[str, ...] = ("teacher",)  # add "scratch" to let the search choose
 
+    @model_validator(mode="after")
+    def _ranges(self) -> "TuneConfig":
+        """Each range is [low, high] with low <= high, positive where the search is on a log scale (all but T)."""
+        for name in ("lambda_fm", "T", "tau", "alpha", "beta", "lr"):
+            low, high = getattr(self, name)
+            if low > high or low <= 0:
+                raise ValueError(f"{name}: range ({low}, {high}) must be positive with low <= high")
+        for name in ("n_trials", "group_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        unknown = sorted(set(self.init) - {"teacher", "scratch"})
+        if unknown or not self.init:
+            raise ValueError(f"init: {list(self.init)} must be one or both of teacher, scratch")
+        return self
+
 
 class EvaluateConfig(Section):
     """Scoring and metrics of a trained generator."""

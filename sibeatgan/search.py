@@ -170,7 +170,12 @@ class OptunaReporter(Callback):
             if value is None or not math.isfinite(value):
                 control.stop(k, "diverged")
                 continue
-            trial.report(float(value), epoch)
+            try:
+                trial.report(float(value), epoch)
+            except Exception as err:  # noqa: BLE001 - another worker reaped it (this one looked dead): stop training it
+                log.warning("trial %d was finished by another worker (%s); its member stops", trial.number, err)
+                control.stop(k, "reaped")
+                continue
             if trial.should_prune():
                 control.stop(k, "pruned")
 
@@ -214,7 +219,7 @@ def tune_worker(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
             for t, c in zip(trials, configs):
                 t.set_user_attr("config", to_dict(c))
                 t.set_user_attr("worker", worker)
-            group_out = out / "trials" / "-".join(str(t.number) for t in trials)
+            group_out = out / "trials" / tune.study_name / "-".join(str(t.number) for t in trials)
             log.info("worker %d: trials %s as one group of %d", worker, [t.number for t in trials], len(trials))
             extra = callbacks(trials) if callbacks is not None else []
             try:
@@ -225,19 +230,25 @@ def tune_worker(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
                     if hasattr(cb, "fail"):
                         cb.fail()
                 for t in trials:
-                    t.set_user_attr("error", f"{type(err).__name__}: {err}")
-                    study.tell(t, state=TrialState.FAIL)
+                    try:
+                        t.set_user_attr("error", f"{type(err).__name__}: {err}")
+                    except Exception:  # noqa: BLE001 - a trial another worker reaped meanwhile is finished already
+                        pass
+                    study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
                 heartbeat.trials = []
                 continue
             for t, r in zip(trials, results):
                 for key in ("generator", "best_epoch", "threshold", "stopped"):
-                    t.set_user_attr(key, r.get(key))
+                    try:
+                        t.set_user_attr(key, r.get(key))
+                    except Exception:  # noqa: BLE001 - reaped meanwhile (its worker looked dead): it stays failed
+                        break
                 if r.get("stopped") == "pruned":
-                    study.tell(t, state=TrialState.PRUNED)
-                elif r.get("best_metric") is None or r.get("stopped") == "diverged":
-                    study.tell(t, state=TrialState.FAIL)
+                    study.tell(t, state=TrialState.PRUNED, skip_if_finished=True)
+                elif r.get("best_metric") is None or r.get("stopped") in ("diverged", "reaped"):
+                    study.tell(t, state=TrialState.FAIL, skip_if_finished=True)
                 else:
-                    study.tell(t, r["best_metric"])
+                    study.tell(t, r["best_metric"], skip_if_finished=True)
                 told += 1
             heartbeat.trials = []
     return {"worker": worker, "told": told}

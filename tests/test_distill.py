@@ -38,7 +38,7 @@ def test_train_student_writes_a_selected_generator_from_the_teacher(teacher, tmp
     assert meta["kind"] == "student" and meta["split_hash"] == load_split(dataset / "split").hash
     assert meta["threshold"] > 0 and meta["config"]["teacher"].endswith("generator.pt")
     history = json.loads((tmp_path / "s" / "metrics.json").read_text())["history"]
-    assert {"loss_rec", "loss_kd", "loss_contrastive"} <= set(history[0]) or len(history[0]) > 8
+    assert {"loss_rec", "loss_fm", "loss_kd", "loss_con"} <= set(history[0])
     resumed = run_train_student(student(epochs=3), dataset, teacher_dir, tmp_path / "s")  # resumes at epoch 3
     assert resumed["epochs"] == 3
 
@@ -63,6 +63,19 @@ def test_a_group_trains_members_with_their_own_hyperparameters(teacher, tmp_path
     assert not torch.equal(weights[0]["encoder.main.0.weight"], weights[1]["encoder.main.0.weight"])
     with pytest.raises(Exception, match="share"):
         train_student_group([student(), student(ngf=4, init="scratch")], dataset, teacher_dir, tmp_path / "bad")
+    # the same folder with other members is not resumed as if they were the old ones
+    from sibeatgan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="member_configs"):
+        train_student_group([configs[0], student(seed=7, alpha=0.0, beta=0.0), configs[2]], dataset, teacher_dir, tmp_path / "g")
+
+
+def test_a_diverged_batched_member_is_stopped_and_never_selected(teacher, tmp_path):
+    dataset, teacher_dir = teacher
+    configs = [student(seed=0, alpha=float("inf")), student(seed=1)]
+    results = train_student_group(configs, dataset, teacher_dir, tmp_path / "g")
+    assert results[0]["stopped"] == "diverged" and results[0]["epochs"] == 1
+    assert results[1]["stopped"] is None and results[1]["epochs"] == 2
 
 
 def test_tune_searches_real_students_and_its_best_config_trains(teacher, tmp_path):

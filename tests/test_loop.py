@@ -88,6 +88,13 @@ def test_a_dataset_without_a_split_names_the_command_that_makes_one(dataset, tmp
         run_train_teacher(small_config(epochs=1), bare, tmp_path / "t")
 
 
+def test_a_split_never_replaces_another_in_place(dataset, tmp_path):
+    run_split(SplitConfig(split_seed=1), dataset, tmp_path / "s")
+    run_split(SplitConfig(split_seed=1), dataset, tmp_path / "s")  # the same split again: fine
+    with pytest.raises(DatasetError, match="already holds split"):
+        run_split(SplitConfig(split_seed=2), dataset, tmp_path / "s")
+
+
 def test_build_splits_refuses_a_bad_fraction(dataset):
     with pytest.raises(DatasetError, match="val_fraction"):
         build_splits(artifact.load(dataset), val_fraction=1.5)

@@ -169,6 +169,15 @@ def test_the_reporter_prunes_the_members_the_pruner_prunes():
     assert trials[0].storage.get_trial(trials[0]._trial_id).intermediate_values == {1: 0.5}
 
 
+def test_bad_search_ranges_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match="alpha: range"):
+        TuneConfig(alpha=(0.0, 1.0))
+    with pytest.raises(ConfigError, match="tau: range"):
+        TuneConfig(tau=(1.0, 0.1))
+    with pytest.raises(ConfigError, match="init"):
+        TuneConfig(init=("teacher", "nope"))
+
+
 def test_a_study_of_the_other_direction_is_refused(tmp_path):
     open_study(tiny_tune(), "clean", tmp_path)
     with pytest.raises(ConfigError, match="direction"):

@@ -229,5 +229,10 @@ def run_split(config: Any, dataset: str | Path, out: str | Path | None = None) -
     ds = load(dataset)
     split_set = build_splits(ds, config.split_seed, config.val_fraction)
     target = Path(out) if out is not None else default_split_dir(dataset)
+    if (target / "split.json").is_file():
+        old = json.loads((target / "split.json").read_text()).get("hash")
+        if old != split_set.hash:
+            raise DatasetError(f"{target} already holds split {str(old)[:12]}; models trained on it would no longer evaluate. "
+                               f"Write this one (split seed {config.split_seed}) elsewhere with --out")
     info = save_split(split_set, target)
     return {"split": str(target), **info}

@@ -67,10 +67,13 @@ def _prepare(config: StudentConfig, dataset: Path, teacher: Path, split: Path | 
 
 def _settings(config: StudentConfig, resume: bool, progress: bool, member_configs: list[dict[str, Any]] | None = None, teacher: str = ""):
     from sibeatgan.config import to_dict
+    from sibeatgan.files import sha256_file
     from sibeatgan.train.loop import FitSettings
 
+    # the teacher's file hash, not only its path: a teacher retrained in place is another teacher, and no resume
+    identity = {"teacher": teacher, "teacher_sha256": sha256_file(teacher) if teacher else None}
     return FitSettings(epochs=config.epochs, selection=config.selection, eval_batch_size=config.eval_batch_size, kind="student",
-                       config={**to_dict(config), "teacher": teacher}, resumable_changes=RESUMABLE_CHANGES, resume=resume,
+                       config={**to_dict(config), **identity}, resumable_changes=RESUMABLE_CHANGES, resume=resume,
                        progress=progress, threshold_rule="f1" if config.selection == "paper" else "far", member_configs=member_configs)
 
 
@@ -123,7 +126,8 @@ class StudentGroup:
         self.dataset, self.teacher, self.split = Path(dataset), Path(teacher), split
 
     def __call__(self, configs: list[StudentConfig], out: Path, callbacks: list[Any]) -> list[dict[str, Any]]:
-        return train_student_group(configs, self.dataset, self.teacher, out, callbacks, self.split)
+        # a group's folder belongs to its trials: never resumed (a retried trial is a new trial, trained afresh)
+        return train_student_group(configs, self.dataset, self.teacher, out, callbacks, self.split, resume=False)
 
 
 def run_tune(tune: TuneConfig, student: StudentConfig, dataset: Path, teacher: Path, out: Path, split: Path | None = None,

@@ -139,6 +139,8 @@ def _check_resumable(ckpt: dict[str, Any], settings: FitSettings, data: FitData,
         raise CheckpointError(f"{path} is a {ckpt.get('kind')} checkpoint, not a {settings.kind} one; {hint}")
     old, new = ckpt.get("config") or {}, settings.config
     changed = sorted(k for k in set(old) | set(new) if k not in settings.resumable_changes and old.get(k) != new.get(k))
+    if ckpt.get("member_configs") != settings.member_configs:
+        changed.append("member_configs")
     if changed:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ConfigError(f"cannot resume {path}: the config changed ({detail}); {hint}")
@@ -249,7 +251,10 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                 row.update(_validation(scores[k], val_labels, val_normal))
                 value = row[criterion]
                 improved = False
-                if value is None or not math.isfinite(value):
+                if "alive" in row and not row["alive"]:  # a batched member whose loss went non-finite froze itself
+                    control.stop(k, "diverged")
+                    log.warning("epoch %d member %d: its loss is not finite (diverged); it is stopped and not selected", epoch, k)
+                elif value is None or not math.isfinite(value):
                     log.warning("epoch %d%s: %s is %s (the model diverged?); this epoch is not considered for selection",
                                 epoch, f" member {k}" if K > 1 else "", criterion, value)
                 else:
@@ -281,6 +286,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
             finally:
                 _apply_stops(trainer, control)
                 save_checkpoint(ckpt_path, trainer=trainer.state_dict(), kind=settings.kind, config=settings.config, epoch=epoch,
+                                member_configs=settings.member_configs,
                                 selection=settings.selection, criterion=criterion, dataset_hash=data.dataset_hash,
                                 split_hash=data.split_hash, selection_state={"histories": histories, "best": best, "best_epoch": best_epoch,
                                                                             "thresholds": thresholds, "stopped": control.stopped})
