@@ -174,7 +174,6 @@ class StudentConfig(Section):
     kd_target: Literal["latent", "attention"] = "latent"  # latent code, or feature maps (attention transfer)
     beta: float = 0.1  # contrastive weight
     tau: float = 0.2  # NT-Xent temperature
-    score: Literal["reconstruction", "discrepancy", "combined"] = "reconstruction"
     lr: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999

@@ -30,6 +30,7 @@ from sibeatgan.train.teacher import TeacherTrainer
 from tests.test_teacher import synthetic_dataset
 
 optuna = pytest.importorskip("optuna")
+pytest_plugins = ["tests.services"]
 
 BASE = StudentConfig(epochs=2, seed=0, device="cpu")
 
@@ -190,3 +191,26 @@ def test_stale_trials_without_params_are_failed_not_retried(tmp_path):
     time.sleep(0.1)
     assert reap_stale(study, grace_s=0.05, max_retry=2) == [0]
     assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+def test_two_workers_share_a_study_on_a_real_postgresql(mlflow_services, dataset, tmp_path):
+    """The cluster's storage: a PostgreSQL database (here the test suite's own throwaway server)."""
+    import subprocess
+
+    pg = mlflow_services.pg
+    subprocess.run(pg._as_owner(str(pg.bin / "createdb"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "optuna_test"),
+                   check=True, capture_output=True)
+    tune = tiny_tune(n_trials=4, workers=2, group_size=1, storage=pg.url("optuna_test"))
+    summary = run_workers(tune, BASE, tmp_path, GroupTrainer(dataset))
+    study = optuna.load_study(study_name=tune.study_name, storage=pg.url("optuna_test"))
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3] and {t.user_attrs["worker"] for t in study.trials} == {0, 1}
+    assert summary["trials"]["complete"] == 4 and not (tmp_path / "study.journal").exists()
+
+
+def test_an_unreachable_database_is_named_without_its_password(tmp_path):
+    from sibeatgan.errors import SibeatganError
+
+    tune = tiny_tune(storage="postgresql+psycopg2://optuna:s3cret@127.0.0.1:1/optuna")
+    with pytest.raises(SibeatganError, match=r"optuna:\*\*\*@127.0.0.1:1/optuna cannot be reached") as err:
+        open_study(tune, "clean", tmp_path)
+    assert "s3cret" not in str(err.value)
