@@ -30,6 +30,25 @@ log = logging.getLogger("sibeatgan")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config: top-level fields, or a section per step.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config field: key=value (repeatable).", metavar="KEY=VALUE")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow: the tracking section's URI, $MLFLOW_TRACKING_URI, or OUT/../mlruns.db.")
+
+
+def _log_outputs(track: bool, config_path: Optional[Path], step: str, out: Path, metrics: dict[str, Any] | None = None,
+                 files: tuple[Path, ...] = (), dataset_hash: str | None = None, split_hash: str | None = None, **tags: Any) -> None:
+    """A finished step's MLflow run: its figures, the files a person opens, and the dataset (and split) it read or wrote."""
+    if not track:
+        return
+    from sibeatgan.tracking import step_tracker
+
+    tracker = step_tracker(_tracking_config(config_path), out, step, tags={k: v for k, v in tags.items() if v is not None})
+    if dataset_hash:
+        tracker.log_dataset(dataset_hash, split_hash, context=step)
+    if metrics:
+        tracker.log_metrics(metrics)
+    for path in files:
+        if Path(path).exists():
+            tracker.log_artifact(path)
+    tracker.finish()
 
 # Output folders this command is about to create (see `_track_out`); main() removes them, if empty, after a failure.
 _fresh_outs: list[Path] = []
@@ -124,6 +143,7 @@ def validate(
     ),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
+    track: bool = TrackOpt,
 ) -> None:
     """The pipeline's gate: great-expectations suites on records and beats; exit 1 when any fails."""
     from sibeatgan.data.validation import run_validate
@@ -133,6 +153,8 @@ def validate(
     t = time.perf_counter()
     conf = _config(cfg.ValidateConfig, config, set_, records=records)
     result = run_validate(conf, raw, dataset, out)
+    _log_outputs(track, config, "validate", out, {"success": float(bool(result.get("success")))},
+                 (out / "validation.html", out / "validation.json"))
     _done("validate", t, result, ("success",))
 
 
@@ -146,6 +168,7 @@ def preprocess(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     progress: bool = ProgressOpt,
+    track: bool = TrackOpt,
 ) -> None:
     """Cut beats by the BeatGAN protocol, assign folds, and write the versioned beat dataset."""
     from sibeatgan.data.preprocess import run_preprocess
@@ -153,6 +176,8 @@ def preprocess(
     t = time.perf_counter()
     conf = _config(cfg.PreprocessConfig, config, set_, records=records, leads=leads, grouping=grouping)
     result = run_preprocess(conf, source, out, progress=progress)
+    _log_outputs(track, config, "preprocess", out, {f"count_{c}": n for c, n in result["counts"].items()} | {"n_beats": result["n_beats"]},
+                 (out / "manifest.json", out / "split" / "split.json"), result["content_hash"], result.get("default_split", {}).get("hash"))
     _done("preprocess", t, result, ("n_beats", "counts"))
 
 
@@ -173,7 +198,6 @@ def split(
 
 
 SplitPathOpt = typer.Option(None, "--split", help="Split artifact folder (default: DATASET/split, written by preprocess).")
-TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow: $MLFLOW_TRACKING_URI, tracking.tracking_uri, or OUT/../mlruns.db.")
 
 
 class _StepTracker:
@@ -337,6 +361,7 @@ def evaluate(
     split_path: Optional[Path] = SplitPathOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
+    track: bool = TrackOpt,
 ) -> None:
     """Score test beats by reconstruction error; AUC, AP, F1, per-class AUC, bootstrap CIs and plots."""
     from sibeatgan.evaluate import format_table, run_evaluate
@@ -353,6 +378,11 @@ def evaluate(
     t = time.perf_counter()
     result = run_evaluate(conf, dataset, models, out, split=split_path)
     typer.echo(format_table(result))
+    figures = {f"fold{k}_{m}": f[m] for k, f in result["folds"].items() for m in ("auc", "ap", "f1_oracle") if f.get(m) is not None}
+    figures.update({f"fold{k}_f1_at_threshold": f["operating"]["f1"] for k, f in result["folds"].items() if f.get("operating")})
+    plots = tuple(Path(p) for f in result["folds"].values() for p in f.get("plots", []))
+    _log_outputs(track, config, "evaluate", out, figures, (out / "evaluation.json", out / "table.txt", *plots),
+                 result["dataset_hash"], result.get("split_hash"))
     _done("evaluate", t, result, ("overall",))
 
 

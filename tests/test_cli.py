@@ -69,6 +69,10 @@ def test_train_teacher_then_evaluate(synth_dataset, tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "e" / "evaluation.json").read_text())
     assert list(result["folds"]) == ["0"] and 0.0 <= result["folds"]["0"]["auc"] <= 1.0
+    (ev,) = [r for r in client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id]) if r.data.tags["step"] == "evaluate"]
+    assert ev.data.metrics["fold0_auc"] == result["folds"]["0"]["auc"] and ev.data.tags["split_hash"] == result["split_hash"]
+    assert "roc.png" in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(ev.info.run_id, "fold_0")} or \
+        "evaluation.json" in {a.path for a in client.list_artifacts(ev.info.run_id)}
     # The model of fold 0 offered as fold 3's: refused by name.
     r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e3"), "--folds", "3")
     assert r.returncode == 2 and "trained on fold 0" in r.stderr
