@@ -6,7 +6,7 @@
 #   2. bench/verdict.py on DATASET: teacher (fold 0) -> a small Optuna search of the student -> the best config
 #      over SEEDS next to its no-KD/no-contrastive control -> paired record-level comparisons.
 # Usage: bash bench/gpu_student.sh DATASET OUT    (env: SKIP_BENCH=1, TEACHER_EPOCHS, TRIALS, GROUP, TUNE_EPOCHS,
-#        FINAL_EPOCHS, SEEDS, STUDENT_BEATS, BENCH_TIMEOUT, VERDICT_TIMEOUT)
+#        FINAL_EPOCHS, SEEDS, STUDENT_BEATS, FOLD, BENCH_TIMEOUT, VERDICT_TIMEOUT); one fold a call: FOLD=1 SKIP_BENCH=1 ...
 # Results in OUT: gpu.txt, batched_gpu.json, batched.log, verdict.json, verdict.log (the run's folders in $WORK).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     --json "$OUT/batched_gpu.json" > "$OUT/batched.log" 2>&1
   echo "bench_batched exit $?" | tee -a "$OUT/batched.log"
 fi
-timeout "${VERDICT_TIMEOUT:-300}" "$PY" bench/verdict.py "$DATASET" "$WORK/verdict" --device cuda \
+timeout "${VERDICT_TIMEOUT:-300}" "$PY" bench/verdict.py "$DATASET" "$WORK/verdict" --device cuda --fold "${FOLD:-0}" \
   --teacher-epochs "${TEACHER_EPOCHS:-20}" --trials "${TRIALS:-8}" --group-size "${GROUP:-8}" \
   --tune-epochs "${TUNE_EPOCHS:-6}" --final-epochs "${FINAL_EPOCHS:-8}" --seeds "${SEEDS:-0,1,2}" \
   --student-max-train-beats "${STUDENT_BEATS:-16384}" > "$OUT/verdict.log" 2>&1
