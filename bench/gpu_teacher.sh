@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The teacher's GPU checks in one script, for an H100/H200 (needs python with torch and numpy; the training
-# runs also need PyYAML, which sibeatgan.config imports):
+# runs also need PyYAML and pydantic, which sibeatgan.config imports: carry pydantic's wheels, bench/README.md):
 #   1. bench/bench_teacher.py (SKIP_BENCH=1 skips it): scoring beats/s (fp32, bf16; beats on the device, and
 #      with the one host-to-device copy) and training epoch time in the modes eager, graph, graph-amp;
 #   2. given a dataset folder (from `sibeatgan preprocess`, carried along), for each fold in FOLDS (default 0):
