@@ -33,14 +33,16 @@ ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress
 TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow: the tracking section's URI, $MLFLOW_TRACKING_URI, or OUT/../mlruns.db.")
 
 
-def _log_outputs(track: bool, config_path: Optional[Path], step: str, out: Path, metrics: dict[str, Any] | None = None,
+def _log_outputs(track: bool, config_path: Optional[Path], step: str, conf: Any, out: Path, metrics: dict[str, Any] | None = None,
                  files: tuple[Path, ...] = (), dataset_hash: str | None = None, split_hash: str | None = None, **tags: Any) -> None:
-    """A finished step's MLflow run: its figures, the files a person opens, and the dataset (and split) it read or wrote."""
+    """A finished step's MLflow run: its typed config, its figures, the files a person opens, and the dataset (and
+    split) it read or wrote."""
     if not track:
         return
     from sibeatgan.tracking import step_tracker
 
-    tracker = step_tracker(_tracking_config(config_path), out, step, tags={k: v for k, v in tags.items() if v is not None})
+    tracker = step_tracker(_tracking_config(config_path), out, step, tags={k: v for k, v in tags.items() if v is not None},
+                           params=cfg.to_dict(conf))
     if dataset_hash:
         tracker.log_dataset(dataset_hash, split_hash, context=step)
     if metrics:
@@ -153,7 +155,7 @@ def validate(
     t = time.perf_counter()
     conf = _config(cfg.ValidateConfig, config, set_, records=records)
     result = run_validate(conf, raw, dataset, out)
-    _log_outputs(track, config, "validate", out, {"success": float(bool(result.get("success")))},
+    _log_outputs(track, config, "validate", conf, out, {"success": float(bool(result.get("success")))},
                  (out / "validation.html", out / "validation.json"))
     _done("validate", t, result, ("success",))
 
@@ -176,7 +178,7 @@ def preprocess(
     t = time.perf_counter()
     conf = _config(cfg.PreprocessConfig, config, set_, records=records, leads=leads, grouping=grouping)
     result = run_preprocess(conf, source, out, progress=progress)
-    _log_outputs(track, config, "preprocess", out, {f"count_{c}": n for c, n in result["counts"].items()} | {"n_beats": result["n_beats"]},
+    _log_outputs(track, config, "preprocess", conf, out, {f"count_{c}": n for c, n in result["counts"].items()} | {"n_beats": result["n_beats"]},
                  (out / "manifest.json", out / "split" / "split.json"), result["content_hash"], result.get("default_split", {}).get("hash"))
     _done("preprocess", t, result, ("n_beats", "counts"))
 
@@ -381,7 +383,7 @@ def evaluate(
     figures = {f"fold{k}_{m}": f[m] for k, f in result["folds"].items() for m in ("auc", "ap", "f1_oracle") if f.get(m) is not None}
     figures.update({f"fold{k}_f1_at_threshold": f["operating"]["f1"] for k, f in result["folds"].items() if f.get("operating")})
     plots = tuple(Path(p) for f in result["folds"].values() for p in f.get("plots", []))
-    _log_outputs(track, config, "evaluate", out, figures, (out / "evaluation.json", out / "table.txt", *plots),
+    _log_outputs(track, config, "evaluate", conf, out, figures, (out / "evaluation.json", out / "table.txt", *plots),
                  result["dataset_hash"], result.get("split_hash"))
     _done("evaluate", t, result, ("overall",))
 

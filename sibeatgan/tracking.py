@@ -337,14 +337,15 @@ def sync(local_dir: str | Path, uri: str | None = None, retries: int = 3) -> Tra
 
 
 def step_tracker(config: Any, out: str | Path, step: str, run_name: str | None = None, tags: dict[str, Any] | None = None,
-                 parent_run_id: str | None = None) -> Tracker:
-    """The tracker of a step writing into `out`: journal in `out/tracking/`, params = the step's typed config."""
+                 parent_run_id: str | None = None, params: Any = None) -> Tracker:
+    """The tracker of a step writing into `out`: journal in `out/tracking/`; params = `params` (the step's typed
+    config) when given, else `config`, as `<step>.*`; `config` also gives the URI and experiment."""
     out = Path(out)
     t = Tracker(out / "tracking", tracking_uri(config, out.parent), getattr(config, "experiment", None) or DEFAULT_EXPERIMENT,
                 run_name or step, tags={"step": step, **run_tags(), **{k: str(v) for k, v in (tags or {}).items()}},
                 parent_run_id=parent_run_id)
     t.start()
-    t.log_params(flatten(config, f"{step}."))
+    t.log_params(flatten(config if params is None else params, f"{step}."))
     return t
 
 

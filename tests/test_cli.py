@@ -71,6 +71,7 @@ def test_train_teacher_then_evaluate(synth_dataset, tmp_path):
     assert list(result["folds"]) == ["0"] and 0.0 <= result["folds"]["0"]["auc"] <= 1.0
     (ev,) = [r for r in client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id]) if r.data.tags["step"] == "evaluate"]
     assert ev.data.metrics["fold0_auc"] == result["folds"]["0"]["auc"] and ev.data.tags["split_hash"] == result["split_hash"]
+    assert ev.data.params["evaluate.n_bootstrap"] == "20"
     assert "roc.png" in {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(ev.info.run_id, "fold_0")} or \
         "evaluation.json" in {a.path for a in client.list_artifacts(ev.info.run_id)}
     # The model of fold 0 offered as fold 3's: refused by name.
