@@ -249,9 +249,17 @@ def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **t
     return [_StepTracker(config_path, step, out, tags)] if track else []
 
 
-def _finish_tracker(callbacks: list[Any], files: tuple[str, ...] = (), status: str = "FINISHED") -> None:
+def _tracked(callbacks: list[Any], train: Any) -> dict[str, Any]:
+    """train(callbacks), then each step tracker ended with metrics.json logged: FINISHED, or FAILED if training raised."""
+    try:
+        result = train(callbacks)
+    except BaseException:
+        for cb in callbacks:
+            cb.finish(("metrics.json",), "FAILED")
+        raise
     for cb in callbacks:
-        cb.finish(files, status)
+        cb.finish(("metrics.json",))
+    return result
 
 
 @app.command("train-teacher")
@@ -275,12 +283,8 @@ def train_teacher(
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
     tracking = _tracker(track, config, "train-teacher", out, protocol=conf.split, device=conf.device)
-    try:
-        result = run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
-    except BaseException:
-        _finish_tracker(tracking, ("metrics.json",), "FAILED")
-        raise
-    _finish_tracker(tracking, ("metrics.json",))
+    result = _tracked(tracking, lambda cbs: run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path,
+                                                              callbacks=cbs))
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
@@ -308,12 +312,8 @@ def train_student(
     t = time.perf_counter()
     conf = _config(cfg.StudentConfig, config, set_, epochs=epochs, fold=fold, device=device)
     tracking = _tracker(track, config, "train-student", out, protocol=conf.split, device=conf.device)
-    try:
-        result = run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress, split=split_path, callbacks=tracking)
-    except BaseException:
-        _finish_tracker(tracking, ("metrics.json",), "FAILED")
-        raise
-    _finish_tracker(tracking, ("metrics.json",))
+    result = _tracked(tracking, lambda cbs: run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress,
+                                                              split=split_path, callbacks=cbs))
     _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 

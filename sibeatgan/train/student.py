@@ -25,7 +25,7 @@ from sibeatgan.losses import DiscriminatorLoss, StudentLoss, StudentLossOutput
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.student import ProjectionHead, adjust_bn_momentum, batch_stats_only, encoder_stages, freeze
 from sibeatgan.train.checkpoint import cpu_state
-from sibeatgan.train.teacher import WARMUP_STEPS, CudaGraphs
+from sibeatgan.train.teacher import CudaGraphs, TeacherTrainer
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +141,9 @@ class StudentTrainer:
                         group["lr"] = float(lr)
         self.loss.set(**values)
 
-    def set_train_data(self, beats: torch.Tensor) -> None:
-        """Hold the training beats (n, nc, length) on the device for the rest of the run."""
-        if beats.shape[0] < self.batch_size:
-            raise ValueError(f"the training set has {beats.shape[0]} beats, fewer than one batch of {self.batch_size}")
-        if not self._captured:
-            self.train_x = beats.to(self.rt.device, torch.float32).contiguous()
-        elif beats.shape == self.train_x.shape:
-            self.train_x.copy_(beats)
-        else:
-            raise RuntimeError(f"training data of shape {tuple(beats.shape)} after capture with {tuple(self.train_x.shape)}")
+    # the teacher's: the training beats held on the device; the step run eagerly or warmed up, captured, replayed
+    set_train_data = TeacherTrainer.set_train_data
+    _run_step = TeacherTrainer._run_step
 
     def views(self, x: torch.Tensor) -> torch.Tensor:
         """Two augmented views of each beat, stacked: (2b, nc, length)."""
@@ -198,25 +191,6 @@ class StudentTrainer:
         self.opt_g.step()
         with torch.no_grad():
             self.sums.add_(torch.stack([err_d.detach(), *(t.detach() for t in terms)]))
-
-    def _run_step(self) -> None:
-        if self.graphs is None:
-            self.step()
-        elif self._captured:
-            self.graphs.replay()
-        elif self._warm < WARMUP_STEPS:
-            self.graphs.warmup(self.step)
-            self._warm += 1
-        else:
-            try:
-                self.graphs.capture(self.step)
-            except Exception as err:  # noqa: BLE001 - as the teacher: any capture failure falls back to eager steps
-                log.warning("CUDA graph capture failed (%s: %s); continuing with eager steps", type(err).__name__, err)
-                self.graphs = None
-                self.step()
-                return
-            self._captured = True
-            self.graphs.replay()
 
     def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
         """One pass over a fresh permutation (last partial batch dropped); the device is read once, at the end.
@@ -388,7 +362,7 @@ class BatchedStudentTrainer:
         """Member k's student generator as a plain Generator (what the loop saves for that member)."""
         return self.member_generator(k)
 
-    set_train_data = StudentTrainer.set_train_data
+    set_train_data = TeacherTrainer.set_train_data
 
     def member_states(self, k: int) -> dict[str, dict[str, torch.Tensor]]:
         """Member k's G, D and head as state dicts of the single modules (Generator, Discriminator, ProjectionHead)."""
@@ -466,7 +440,7 @@ class BatchedStudentTrainer:
             values = torch.stack([err_d.detach(), *(t.detach() for t in terms)], 1)
             self.sums.add_(torch.where(self.active.unsqueeze(1), values, torch.zeros_like(values)))
 
-    _run_step = StudentTrainer._run_step
+    _run_step = TeacherTrainer._run_step
 
     def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """One epoch for every member, each over its own permutation; losses are lists of K per-member means,
