@@ -249,16 +249,16 @@ def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **t
     return [_StepTracker(config_path, step, out, tags)] if track else []
 
 
-def _tracked(callbacks: list[Any], train: Any) -> dict[str, Any]:
-    """train(callbacks), then each step tracker ended with metrics.json logged: FINISHED, or FAILED if training raised."""
+def _tracked(callbacks: list[Any], train: Any, files: tuple[str, ...] = ("metrics.json",)) -> dict[str, Any]:
+    """train(callbacks), then each step tracker ended with `files` logged: FINISHED, or FAILED if training raised."""
     try:
         result = train(callbacks)
     except BaseException:
         for cb in callbacks:
-            cb.finish(("metrics.json",), "FAILED")
+            cb.finish(files, "FAILED")
         raise
     for cb in callbacks:
-        cb.finish(("metrics.json",))
+        cb.finish(files)
     return result
 
 
@@ -313,8 +313,8 @@ def train_student(
     conf = _config(cfg.StudentConfig, config, set_, epochs=epochs, fold=fold, device=device)
     tracking = _tracker(track, config, "train-student", out, protocol=conf.split, device=conf.device)
     result = _tracked(tracking, lambda cbs: run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress,
-                                                              split=split_path, callbacks=cbs))
-    _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
+                                                              split=split_path, callbacks=cbs), ("metrics.json", "score.json"))
+    _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric", "score"))
 
 
 @app.command()

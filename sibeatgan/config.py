@@ -187,6 +187,22 @@ class StudentConfig(Section):
     cuda_graph: bool = True
     eval_batch_size: int = 4096
     max_train_beats: int | None = None
+    # The anomaly score saved with the student, chosen after training on validation beats, never test ones:
+    # reconstruction error; the teacher-student latent discrepancy; "combined": (1 - score_weight) * reconstruction +
+    # score_weight * discrepancy, each standardized on normal validation beats; "auto": the best validation AUC of
+    # reconstruction, discrepancy and combined at weights 0.25, 0.5, 0.75 (needs labelled validation anomalies:
+    # selection "paper"). Epochs are selected on the reconstruction error either way.
+    score: Literal["reconstruction", "discrepancy", "combined", "auto"] = "reconstruction"
+    score_weight: float = 0.5
+
+    @model_validator(mode="after")
+    def _score(self) -> "StudentConfig":
+        if not 0.0 <= self.score_weight <= 1.0:
+            raise ValueError(f"score_weight: must be in [0, 1], got {self.score_weight}")
+        if self.score == "auto" and self.selection != "paper":
+            raise ValueError("score: 'auto' chooses on validation AUC, which needs selection 'paper' (labelled validation anomalies); "
+                             "with the clean selection pick reconstruction, discrepancy or combined (with score_weight)")
+        return self
 
 
 class TuneConfig(Section):
@@ -241,6 +257,9 @@ class EvaluateConfig(Section):
     bootstrap: Literal["record", "beat"] = "record"  # resample records (patients) or beats within each class
     threshold_rule: Literal["auto", "far", "f1"] = "auto"  # model file without one: auto = f1 for selection=paper, else far
     far: float = 0.01  # false-alarm rate on normal validation beats for threshold_rule "far"
+    # "model": the score saved with each model; or reconstruction, discrepancy, combined (a student's other scores,
+    # reported beside it; the threshold is then chosen anew on the model's validation beats)
+    score: Literal["model", "reconstruction", "discrepancy", "combined"] = "model"
 
 
 class DemoConfig(Section):

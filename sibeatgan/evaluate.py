@@ -22,6 +22,7 @@ from sibeatgan.metrics import bootstrap, choose_threshold, metrics, ranked_metri
 
 if TYPE_CHECKING:
     from sibeatgan.config import EvaluateConfig
+    from sibeatgan.metrics import AnomalyScore
     from sibeatgan.data.artifact import BeatDataset
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,16 @@ def _splits_for(split_set: Any, meta: dict[str, Any], path: Path, split_name: st
     return part.val, part.test
 
 
-def _score_split(gen: torch.nn.Module, ds: BeatDataset, index: np.ndarray, config: EvaluateConfig, dev: torch.device) -> np.ndarray:
+def _score_split(anomaly: AnomalyScore, ds: BeatDataset, index: np.ndarray, config: EvaluateConfig, dev: torch.device) -> np.ndarray:
     x = torch.from_numpy(ds.float_beats(index)).to(dev)  # one copy to the device, as training does with val_x
-    return score(gen, x, config.batch_size, dev, config.amp)
+    return anomaly(x, config.batch_size, dev, config.amp)
 
 
 def _threshold(meta: dict[str, Any], val_scores: np.ndarray | None, val_labels: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
-    """The operating threshold: the one saved with the model when present, else chosen on its validation split
+    """The operating threshold: the one saved with the model when present (and its own score is the one scored), else
+    chosen on its validation split
     (rule "auto": best validation F1 for a model selected by the paper protocol, else config.far false alarms)."""
-    if meta.get("threshold") is not None:
+    if meta.get("threshold") is not None and val_scores is None:
         return {"threshold": float(meta["threshold"]), "source": "model", "rule": meta.get("threshold_rule"), "far": meta.get("threshold_far")}
     assert val_scores is not None
     rule = config.threshold_rule
@@ -78,7 +80,7 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
     from sibeatgan.data.artifact import load
     from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import resolve_device
-    from sibeatgan.modelio import load_generator
+    from sibeatgan.modelio import load_score
 
     if not 0 < config.far < 1:
         raise ConfigError(f"EvaluateConfig.far: must be in (0, 1), got {config.far}")
@@ -89,7 +91,8 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
     dev = resolve_device(config.device)
     checked = []  # every model is loaded and checked before anything is written
     for fold, path in _model_paths(models, tuple(config.folds)):
-        gen, meta = load_generator(path, dev)
+        anomaly, meta = load_score(path, dev, None if config.score == "model" else config.score)
+        gen = anomaly.generator
         trained = meta.get("config") or {}
         model_fold = int(trained.get("fold", fold if fold is not None else 0))
         if fold is None:
@@ -104,15 +107,17 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
         if (gen.nc, gen.length) != (ds.leads, ds.length):
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
         _splits_for(split_set, meta, path, split_name, fold)  # refuses another split before anything is written
-        checked.append((fold, path, gen, meta, trained, split_name))
+        checked.append((fold, path, anomaly, meta, trained, split_name))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folds: dict[str, Any] = {}
-    for fold, path, gen, meta, trained, split_name in checked:
+    for fold, path, anomaly, meta, trained, split_name in checked:
         val, test = _splits_for(split_set, meta, path, split_name, fold)
         labels, val_labels = ds.labels[test].astype(np.int64), ds.labels[val].astype(np.int64)
-        scores = _score_split(gen, ds, test, config, dev)
-        val_scores = None if meta.get("threshold") is not None else _score_split(gen, ds, val, config, dev)
+        scores = _score_split(anomaly, ds, test, config, dev)
+        # the saved threshold belongs to the model's own score; another score gets one chosen on validation
+        saved = meta.get("threshold") is not None and anomaly.is_model_default
+        val_scores = None if saved else _score_split(anomaly, ds, val, config, dev)
         chosen = _threshold(meta, val_scores, val_labels, config)
         groups = records[test] if config.bootstrap == "record" else None
         if groups is not None and config.n_bootstrap > 0 and np.unique(groups).shape[0] < 10:
@@ -130,10 +135,11 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
             from sibeatgan.plots import plot
 
             m["plots"] = [str(p) for p in plot(scores, labels, fold_dir, f"fold {fold}", result=m)]
-        m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name, split_hash=meta.get("split_hash"))
+        m.update(model=str(path), selection=meta.get("selection"), epoch=meta.get("epoch"), split=split_name, split_hash=meta.get("split_hash"),
+                 score=anomaly.kind, score_spec={k: v for k, v in anomaly.spec.items() if k != "validation_auc"})
         folds[str(fold)] = m
-        log.info("fold %s: AUC %.4f AP %.4f best F1 (oracle) %.4f, F1 %.4f at threshold %.4g on %d test beats (%s)", fold,
-                 m["auc"], m["ap"], m["f1_oracle"], m["operating"]["f1"], chosen["threshold"], m["n"], path)
+        log.info("fold %s: AUC %.4f AP %.4f best F1 (oracle) %.4f, F1 %.4f at threshold %.4g on %d test beats (%s score, %s)", fold,
+                 m["auc"], m["ap"], m["f1_oracle"], m["operating"]["f1"], chosen["threshold"], m["n"], anomaly.kind, path)
     overall: dict[str, Any] = {}
     columns = {"auc": lambda f: f["auc"], "ap": lambda f: f["ap"], "f1_oracle": lambda f: f["f1_oracle"],
                "f1": lambda f: f["f1_oracle"], "f1_at_threshold": lambda f: f["operating"]["f1"]}
@@ -170,7 +176,8 @@ def format_table(result: dict[str, Any]) -> str:
         ci = (f"{100 * m['ci']:g}% intervals: {m['n_bootstrap']} {m['bootstrap']}-level bootstrap resamples"
               if m.get("auc_ci") else "no intervals (n_bootstrap=0)")
         op = m["operating"]
-        lines += [f"fold {fold}: {m['n']:,} test beats{recs}, {m['n_anomalous']:,} anomalous ({100 * m['prevalence']:.1f}%); {ci}",
+        kind = m.get("score", "reconstruction")
+        lines += [f"fold {fold}: {m['n']:,} test beats{recs}, {m['n_anomalous']:,} anomalous ({100 * m['prevalence']:.1f}%); {kind} score; {ci}",
                   f"  {'class':<6}{'beats':>8}{'rec':>5}  {'AUC':<24}{'AP':<24}recall at threshold"]
         rows = [("all", {**m, "n": m["n_anomalous"], "n_records": m.get("n_records_anomalous"), "recall": op["recall"], "recall_ci": op.get("recall_ci")})]
         per_class = sorted(m["per_class"].items(), key=lambda kv: CLASSES.index(kv[0]) if kv[0] in CLASSES else len(CLASSES))

@@ -1,6 +1,7 @@
 """Anomaly scores and their metrics: the floor under training and evaluation (torch and numpy only).
 
-A beat's score is its mean squared reconstruction error. Metrics: ROC AUC (ties count half), average
+A beat's score is its mean squared reconstruction error; a student saved with its teacher's encoder may score
+instead by the teacher-student latent discrepancy, or by a weighted sum of both (AnomalyScore). Metrics: ROC AUC (ties count half), average
 precision as sklearn defines it, best F1 (an oracle figure: its threshold is picked on the very beats it
 is scored on), F1/precision/recall at a threshold chosen without test labels, and bootstrap intervals.
 Intervals resample records (patients, all beats of a drawn record together) by default, or beats within
@@ -55,6 +56,94 @@ def score(
     finally:
         generator.train(was_training)
     return out.cpu().numpy()
+
+
+SCORE_KINDS = ("reconstruction", "discrepancy", "combined")
+
+
+def latent_gap(
+    generator: torch.nn.Module,
+    teacher_encoder: torch.nn.Module,
+    beats: torch.Tensor | np.ndarray,
+    batch_size: int = 4096,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+) -> np.ndarray:
+    """Per-beat mean squared distance between the generator's latent code and the teacher encoder's, (n,) float32.
+
+    A student learns to match its teacher on normal beats only, so their disagreement is a score of its own (as
+    STPM and Reverse Distillation use it for images). Both run in eval mode on `device`, as `score` does."""
+    dev = next(generator.parameters()).device if device is None else torch.device(device)
+    x = torch.as_tensor(beats)
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=dev)
+    modes = generator.training, teacher_encoder.training
+    generator.eval()
+    teacher_encoder.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].to(dev, torch.float32, non_blocking=True)
+                diff = generator.encoder(xb).float() - teacher_encoder(xb).float()
+                out[start : start + xb.shape[0]] = diff.pow(2).flatten(1).mean(1)
+    finally:
+        generator.train(modes[0])
+        teacher_encoder.train(modes[1])
+    return out.cpu().numpy()
+
+
+def standardizer(values: np.ndarray) -> list[float]:
+    """[mean, sd] of scores of normal validation beats, so scores on different scales can be added (sd floored)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError(f"standardizer: needs finite scores of normal beats, got {v.size} value(s), {int((~np.isfinite(v)).sum())} not finite")
+    return [float(v.mean()), float(max(v.std(), 1e-12 * max(abs(v.mean()), 1.0), 1e-30))]
+
+
+def combine(reconstruction: np.ndarray, gap: np.ndarray, weight: float, rec_stats: Sequence[float], gap_stats: Sequence[float]) -> np.ndarray:
+    """(1 - weight) * standardized reconstruction error + weight * standardized latent discrepancy, (n,) float32."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"combine: weight must be in [0, 1], got {weight}")
+    r = (np.asarray(reconstruction, np.float64) - rec_stats[0]) / rec_stats[1]
+    g = (np.asarray(gap, np.float64) - gap_stats[0]) / gap_stats[1]
+    return ((1.0 - weight) * r + weight * g).astype(np.float32)
+
+
+class AnomalyScore:
+    """A model's anomaly score of each beat, as its generator file says (`meta["score"]`):
+
+    - "reconstruction" (default, and every teacher): mean squared reconstruction error;
+    - "discrepancy": the teacher-student latent gap (`latent_gap`), for a student saved with its teacher's encoder;
+    - "combined": `combine` of both with the weight and the normal-validation statistics saved with the model.
+
+    `kind` overrides the file's choice (evaluation can report every score a model offers); a kind the file cannot
+    give (no teacher encoder, no saved statistics) is a ValueError naming what is missing.
+    """
+
+    def __init__(self, generator: torch.nn.Module, spec: dict[str, Any] | None = None, teacher_encoder: torch.nn.Module | None = None,
+                 kind: str | None = None, source: str = "the model"):
+        self.generator, self.teacher_encoder, self.spec = generator, teacher_encoder, dict(spec or {"kind": "reconstruction"})
+        self.kind = kind or self.spec.get("kind", "reconstruction")
+        if self.kind not in SCORE_KINDS:
+            raise ValueError(f"{source}: unknown score {self.kind!r}; use one of {', '.join(SCORE_KINDS)}")
+        if self.kind != "reconstruction" and teacher_encoder is None:
+            raise ValueError(f"{source}: the {self.kind} score needs the teacher's encoder, which this model file does not carry "
+                             "(only students trained by this version of train-student carry it)")
+        if self.kind == "combined" and not all(k in self.spec for k in ("weight", "reconstruction_stats", "discrepancy_stats")):
+            raise ValueError(f"{source}: the combined score needs a weight and normal-validation statistics, which this model file lacks")
+
+    @property
+    def is_model_default(self) -> bool:
+        return self.kind == self.spec.get("kind", "reconstruction")
+
+    def __call__(self, beats: torch.Tensor | np.ndarray, batch_size: int = 4096, device: str | torch.device | None = None,
+                 amp: bool = False) -> np.ndarray:
+        if self.kind == "reconstruction":
+            return score(self.generator, beats, batch_size, device, amp)
+        gap = latent_gap(self.generator, self.teacher_encoder, beats, batch_size, device, amp)
+        if self.kind == "discrepancy":
+            return gap
+        rec = score(self.generator, beats, batch_size, device, amp)
+        return combine(rec, gap, float(self.spec["weight"]), self.spec["reconstruction_stats"], self.spec["discrepancy_stats"])
 
 
 def _weighted(pos_w: np.ndarray, neg_w: np.ndarray) -> dict[str, np.ndarray]:

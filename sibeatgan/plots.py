@@ -128,9 +128,12 @@ def plot(
 
 
 def _histogram(scores: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], m: dict[str, Any], suffix: str, Figure: Any) -> Any:
-    """Scores by class, one row per class on a shared log axis, each row its own density scale (a class of
-    13 beats cannot dwarf the rest); small classes get coarser bins and a rug of their beats."""
-    logs = np.log10(np.maximum(scores, 1e-12))
+    """Scores by class, one row per class on a shared log axis (linear for a score that can be negative, as a
+    combined one), each row its own density scale (a class of 13 beats cannot dwarf the rest); small classes get
+    coarser bins and a rug of their beats."""
+    log_axis = bool((scores > 0).all())
+    axis = (lambda v: np.log10(np.maximum(v, 1e-12))) if log_axis else (lambda v: np.asarray(v, dtype=np.float64))
+    logs = axis(scores)
     present = [(i, c) for i, c in enumerate(classes) if (labels == i).any()]
     lo, hi = float(logs.min()), float(logs.max()) + 1e-9
     fig = Figure(figsize=(7.5, 1.25 * len(present) + 1.3), layout="constrained")
@@ -145,10 +148,10 @@ def _histogram(scores: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
             ax.plot(values, np.zeros_like(values), "|", color=_COLORS.get(name), ms=10, mew=1)
         ax.set_ylabel(f"{name}\nn={values.size:,}", rotation=0, ha="right", va="center", fontsize=9)
         ax.set_yticks([])
-        ax.axvline(np.log10(max(m["threshold_oracle"], 1e-12)), color="tab:orange", ls="--", lw=1)
+        ax.axvline(axis(m["threshold_oracle"]), color="tab:orange", ls="--", lw=1)
         if op:
-            ax.axvline(np.log10(max(op["threshold"], 1e-12)), color="tab:green", lw=1.2)
-    axes[-1].set_xlabel("log10 anomaly score (reconstruction MSE)")
+            ax.axvline(axis(op["threshold"]), color="tab:green", lw=1.2)
+    axes[-1].set_xlabel("log10 anomaly score" if log_axis else "anomaly score")
     axes[0].set_title(f"scores by class, each row scaled to its own density{suffix}")
     handles = [axes[0].plot([], [], color="tab:orange", ls="--")[0]]
     names = [f"best-F1 threshold (oracle, picked on test): {m['threshold_oracle']:.4g}"]

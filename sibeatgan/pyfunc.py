@@ -4,8 +4,9 @@ The preprocessing of the beat dataset travels inside it (the library's own band-
 windows, min-max scaling and int16 quantization, so a record's beats are bit for bit those `preprocess`
 writes), with the generator file, its threshold and the package's code. Input: a 2-D float array, either raw
 ECG (samples x leads at the dataset's rate, MLII first) or beat windows (n x leads*length). Output: one row per
-beat: `beat`, `position` (sample of the beat in the signal; -1 for windows), `score` (mean squared reconstruction
-error), `anomalous` (score >= threshold).
+beat: `beat`, `position` (sample of the beat in the signal; -1 for windows), `score` (the model's anomaly score:
+mean squared reconstruction error, or for a student saved with that choice, its teacher-student discrepancy or
+their combination), `anomalous` (score >= threshold).
 """
 
 from __future__ import annotations
@@ -23,24 +24,29 @@ PREPROCESS_KEYS = ("fs", "before", "after", "bandpass_type", "bandpass_low_hz", 
 
 
 class BeatScorer:
-    """Generator + threshold + preprocessing settings: windows of a signal, and their scores (no MLflow)."""
+    """Generator + threshold + preprocessing settings: windows of a signal, and their scores (no MLflow).
+    `anomaly` (sibeatgan.metrics.AnomalyScore) scores the beats; None: the generator's reconstruction error."""
 
-    def __init__(self, generator: Any, threshold: float, preprocess: dict[str, Any], batch_size: int = 4096) -> None:
+    def __init__(self, generator: Any, threshold: float, preprocess: dict[str, Any], batch_size: int = 4096, anomaly: Any = None) -> None:
         missing = [k for k in PREPROCESS_KEYS if k not in preprocess]
         if missing:
             raise ConfigError(f"preprocessing settings lack {', '.join(missing)}")
-        self.generator, self.threshold, self.batch_size = generator, float(threshold), batch_size
+        if anomaly is None:
+            from sibeatgan.metrics import AnomalyScore
+
+            anomaly = AnomalyScore(generator)
+        self.generator, self.threshold, self.batch_size, self.anomaly = generator, float(threshold), batch_size, anomaly
         self.prep = {k: preprocess[k] for k in PREPROCESS_KEYS}
         if self.prep["before"] + self.prep["after"] != generator.length:
             raise ConfigError(f"windows of {self.prep['before']} + {self.prep['after']} samples, but the model takes {generator.length}")
 
     @classmethod
     def from_files(cls, generator_path: str | Path, settings_path: str | Path) -> BeatScorer:
-        from sibeatgan.modelio import load_generator
+        from sibeatgan.modelio import load_score
 
-        gen, _ = load_generator(generator_path, "cpu")
+        anomaly, _ = load_score(generator_path, "cpu")
         settings = json.loads(Path(settings_path).read_text())
-        return cls(gen, settings["threshold"], settings["preprocess"])
+        return cls(anomaly.generator, settings["threshold"], settings["preprocess"], anomaly=anomaly)
 
     @property
     def leads(self) -> int:
@@ -81,11 +87,9 @@ class BeatScorer:
         return artifact.quantize(w).astype(np.float32) / artifact.SCALE, pos, filtered
 
     def score(self, windows: np.ndarray) -> np.ndarray:
-        from sibeatgan.metrics import score
-
         if len(windows) == 0:
             return np.empty(0, dtype=np.float32)
-        return score(self.generator, np.asarray(windows, dtype=np.float32), self.batch_size, "cpu")
+        return self.anomaly(np.asarray(windows, dtype=np.float32), self.batch_size, "cpu")
 
     def reconstruct(self, windows: np.ndarray) -> np.ndarray:
         import torch
@@ -171,16 +175,17 @@ def save_model(path: str | Path, generator_path: str | Path, preprocess: dict[st
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     import sibeatgan
-    from sibeatgan.modelio import load_generator
+    from sibeatgan.modelio import load_score
 
-    gen, meta = load_generator(generator_path, "cpu")
+    anomaly, meta = load_score(generator_path, "cpu")
+    gen = anomaly.generator
     threshold = meta.get("threshold") if threshold is None else threshold
     if threshold is None:
         raise ConfigError(f"{generator_path} carries no threshold; give one (chosen on validation beats)")
     settings = {"threshold": float(threshold), "preprocess": preprocess_settings(preprocess),
                 "model": {"kind": meta.get("kind", "teacher"), "epoch": meta.get("epoch"), "dataset_hash": meta.get("dataset_hash"),
-                          "leads": gen.nc, "length": gen.length}}
-    BeatScorer(gen, threshold, settings["preprocess"])  # refuse inconsistent settings before writing anything
+                          "leads": gen.nc, "length": gen.length, "score": anomaly.kind}}
+    BeatScorer(gen, threshold, settings["preprocess"], anomaly=anomaly)  # refuse inconsistent settings before writing anything
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float64), (-1, -1))]),
         outputs=Schema([ColSpec("long", "beat"), ColSpec("long", "position"), ColSpec("double", "score"), ColSpec("boolean", "anomalous")]),

@@ -106,13 +106,13 @@ def validation_threshold(generator: Path, dataset: Path, ds: Any, split: Path | 
     """For generator files without a threshold: `choose_threshold` (label-free default rule) on the model's own
     validation beats from the split artifact, never the test split."""
     from sibeatgan.data.splits import resolve_split
-    from sibeatgan.metrics import choose_threshold, score
-    from sibeatgan.modelio import load_generator
+    from sibeatgan.metrics import choose_threshold
+    from sibeatgan.modelio import load_score
 
-    gen, meta = load_generator(generator, "cpu")
+    anomaly, meta = load_score(generator, "cpu")
     conf = meta.get("config") or {}
     part = resolve_split(dataset, split, ds.content_hash()).fold(conf.get("split", "beatgan"), int(conf.get("fold", 0)))
-    return float(choose_threshold(score(gen, ds.float_beats(part.val), 4096, "cpu"), ds.labels[part.val]))
+    return float(choose_threshold(anomaly(ds.float_beats(part.val), 4096, "cpu"), ds.labels[part.val]))
 
 
 def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, out: Path, fold: int | None = None,

@@ -86,7 +86,8 @@ def plot_record(name: str, signal: np.ndarray, fs: float, positions: np.ndarray,
     ax0.scatter(t[~flags], scores[~flags], s=4, color="0.5", label="normal")
     ax0.scatter(t[flags], scores[flags], s=8, color="tab:red", label=f"anomalous ({int(flags.sum())})")
     ax0.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.3g}")
-    ax0.set(xlabel="time (s)", ylabel="anomaly score", title=f"record {name}: {len(scores)} beats", yscale="log")
+    ax0.set(xlabel="time (s)", ylabel="anomaly score", title=f"record {name}: {len(scores)} beats",
+            yscale="log" if (scores > 0).all() else "linear")
     ax0.legend(loc="upper right", fontsize=8)
 
     top = int(np.argmax(scores))

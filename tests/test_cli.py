@@ -105,3 +105,27 @@ def test_validate_raw_on_a_beat_dataset_says_what_the_folder_is(synth_dataset, t
     assert f"{synth_dataset} is a beat dataset (manifest.json, beats.npz), not a WFDB folder: use --dataset" in r.stderr
     assert "record 100" not in r.stderr and len(r.stderr.strip().splitlines()) < 6
     assert (tmp_path / "v" / "validation.json").is_file()  # a failed gate still writes its report, which is kept
+
+
+def test_train_student_with_a_chosen_score_then_evaluate_its_other_scores(synth_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sibeatgan.config import TeacherConfig
+    from sibeatgan.train.teacher import run_train_teacher
+
+    small = ["--set", "ngf=8", "--set", "ndf=8", "--set", "nz=16", "--set", "max_train_beats=256"]
+    run_train_teacher(TeacherConfig(ngf=8, ndf=8, nz=16, max_train_beats=256, epochs=1, device="cpu"), synth_dataset, tmp_path / "t")
+    r = sib("train-student", "-d", str(synth_dataset), "-t", str(tmp_path / "t"), "-o", str(tmp_path / "s"), "--epochs", "1",
+            "--device", "cpu", "--no-progress", *small, "--set", "score=combined", "--set", "score_weight=0.75")
+    assert r.returncode == 0, r.stderr
+    assert '"kind": "combined"' in r.stderr and json.loads((tmp_path / "s" / "score.json").read_text())["weight"] == 0.75
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id]) if r.data.tags["step"] == "train-student"]
+    assert {"metrics.json", "score.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "s"), "-o", str(tmp_path / "e"), "--set", "n_bootstrap=0",
+            "--set", "score=discrepancy", "--no-track")
+    assert r.returncode == 0, r.stderr
+    assert "discrepancy score" in (tmp_path / "e" / "table.txt").read_text()
+    r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e2"), "--set", "score=discrepancy",
+            "--no-track")
+    assert r.returncode == 2 and "teacher's encoder" in r.stderr and not (tmp_path / "e2").exists()

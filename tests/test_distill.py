@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,130 @@ def test_tune_logs_the_study_as_a_run_and_each_trial_as_a_child_run(teacher, tmp
         assert "lambda_fm" in r.data.params
         history = client.get_metric_history(r.info.run_id, "val_normal_mse")
         assert [m.step for m in history] == [1, 2]
+
+
+# --- the student's anomaly score: reconstruction, teacher-student discrepancy, or both, chosen on validation ---
+
+
+def _val_and_test(dataset: Path, fold: int = 0):
+    from sibeatgan.data.artifact import load
+
+    ds = load(dataset)
+    part = load_split(dataset / "split").fold("beatgan", fold)
+    return ds, part
+
+
+def test_a_student_carries_its_teacher_encoder_and_evaluation_reports_each_score(teacher, tmp_path):
+    from sibeatgan.config import EvaluateConfig
+    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.metrics import latent_gap, ranked_metrics, score
+    from sibeatgan.modelio import load_score
+
+    dataset, teacher_dir = teacher
+    result = run_train_student(student(), dataset, teacher_dir, tmp_path / "s")
+    assert result["score"]["kind"] == "reconstruction" and result["score"]["chosen_by"] == "config"
+    anomaly, meta = load_score(result["generator"])
+    assert meta["has_teacher_encoder"] and anomaly.kind == "reconstruction"
+    t_gen, _ = load_generator(teacher_dir / "generator.pt")
+    for a, b in zip(anomaly.teacher_encoder.state_dict().values(), t_gen.encoder.state_dict().values()):
+        assert torch.equal(a, b)
+    ds, part = _val_and_test(dataset)
+    gen, _ = load_generator(result["generator"])
+    test_x = torch.from_numpy(ds.float_beats(part.test))
+    positive = ds.labels[part.test] != 0
+    conf = EvaluateConfig(device="cpu", n_bootstrap=0, plots=False)
+    rec = run_evaluate(conf, dataset, result["generator"], tmp_path / "rec")["folds"]["0"]
+    assert rec["score"] == "reconstruction" and rec["operating"]["source"] == "model"
+    assert rec["auc"] == pytest.approx(ranked_metrics(score(gen, test_x), positive)["auc"])
+    gap = run_evaluate(replace(conf, score="discrepancy"), dataset, result["generator"], tmp_path / "gap")["folds"]["0"]
+    expected = latent_gap(gen, t_gen.encoder, test_x)
+    assert gap["score"] == "discrepancy" and gap["auc"] == pytest.approx(ranked_metrics(expected, positive)["auc"])
+    assert gap["auc"] != pytest.approx(rec["auc"])
+    # the saved threshold is the reconstruction error's: another score gets its own, chosen on validation beats
+    assert gap["operating"]["source"] == "validation" and gap["operating"]["threshold"] != pytest.approx(rec["operating"]["threshold"])
+    both = run_evaluate(replace(conf, score="combined"), dataset, result["generator"], tmp_path / "both")["folds"]["0"]
+    assert both["score"] == "combined" and both["score_spec"]["weight"] == 0.5
+    # a teacher has no teacher: asking it for the discrepancy names what is missing
+    from sibeatgan.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="teacher's encoder"):
+        run_evaluate(replace(conf, score="discrepancy"), dataset, teacher_dir / "generator.pt", tmp_path / "t")
+    assert not (tmp_path / "t").exists()
+
+
+def test_score_auto_picks_the_best_validation_auc_and_never_looks_at_test(teacher, tmp_path):
+    from sibeatgan.config import EvaluateConfig
+    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.metrics import choose_threshold, combine, latent_gap, ranked_metrics, score, standardizer
+
+    dataset, teacher_dir = teacher
+    result = run_train_student(student(selection="paper", score="auto"), dataset, teacher_dir, tmp_path / "s")
+    spec = result["score"]
+    ds, part = _val_and_test(dataset)
+    gen, meta = load_generator(result["generator"])
+    t_gen, _ = load_generator(teacher_dir / "generator.pt")
+    val_x, val_labels = torch.from_numpy(ds.float_beats(part.val)), ds.labels[part.val]
+    rec, gap = score(gen, val_x), latent_gap(gen, t_gen.encoder, val_x)
+    normal = val_labels == 0
+    assert spec["reconstruction_stats"] == pytest.approx(standardizer(rec[normal]))
+    candidates = {"reconstruction": rec, "discrepancy": gap,
+                  **{f"combined@{w:g}": combine(rec, gap, w, spec["reconstruction_stats"], spec["discrepancy_stats"]) for w in (0.25, 0.5, 0.75)}}
+    aucs = {name: ranked_metrics(v, ~normal)["auc"] for name, v in candidates.items()}
+    assert spec["validation_auc"] == pytest.approx(aucs)
+    best = max(aucs, key=aucs.get)
+    assert spec["chosen_by"] == "validation AUC" and spec["kind"] == best.split("@")[0]
+    assert meta["score"] == spec and json.loads((tmp_path / "s" / "score.json").read_text())["kind"] == spec["kind"]
+    assert meta["threshold"] == pytest.approx(choose_threshold(candidates[best], val_labels, "f1"))
+    ev = run_evaluate(EvaluateConfig(device="cpu", n_bootstrap=0, plots=True), dataset, result["generator"], tmp_path / "e")["folds"]["0"]
+    assert ev["score"] == spec["kind"] and ev["operating"]["source"] == "model"
+    assert (tmp_path / "e" / "fold_0" / "hist.png").stat().st_size > 0  # a combined score may be negative: a linear axis then
+
+
+def test_score_settings_are_checked_before_training(teacher, tmp_path):
+    from sibeatgan.errors import ConfigError
+
+    dataset, teacher_dir = teacher
+    with pytest.raises(ConfigError, match="selection 'paper'"):
+        student(score="auto")  # the clean selection has no validation anomalies to choose with
+    with pytest.raises(ConfigError, match="score_weight"):
+        student(score="combined", score_weight=1.5)
+    with pytest.raises(ConfigError, match="latent codes"):
+        run_train_student(student(score="discrepancy", nz=8, init="scratch"), dataset, teacher_dir, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_group_gives_every_member_the_score_it_asks_for(teacher, tmp_path):
+    from sibeatgan.modelio import load_score
+
+    dataset, teacher_dir = teacher
+    configs = [student(seed=s, score="combined", score_weight=0.25) for s in (0, 1)]
+    results = train_student_group(configs, dataset, teacher_dir, tmp_path / "g")
+    for r in results:
+        anomaly, meta = load_score(r["generator"])
+        assert anomaly.kind == "combined" and anomaly.spec["weight"] == 0.25 and meta["threshold"] == r["threshold"]
+        assert (Path(r["generator"]).parent / "score.json").is_file()
+    # the score is chosen after training: changing it resumes the same run instead of refusing it
+    again = train_student_group([replace(c, score="discrepancy") for c in configs], dataset, teacher_dir, tmp_path / "g")
+    assert [r["score"]["kind"] for r in again] == ["discrepancy", "discrepancy"]
+    assert [r["best_epoch"] for r in again] == [r["best_epoch"] for r in results]
+
+
+def test_the_pyfunc_of_a_discrepancy_student_scores_as_evaluate_does(teacher, tmp_path):
+    import mlflow.pyfunc
+
+    from sibeatgan.config import EvaluateConfig, PreprocessConfig, to_dict
+    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.pyfunc import save_model
+
+    dataset, teacher_dir = teacher
+    result = run_train_student(student(score="discrepancy"), dataset, teacher_dir, tmp_path / "s")
+    run_evaluate(EvaluateConfig(device="cpu", n_bootstrap=0, plots=False), dataset, result["generator"], tmp_path / "e")
+    with np.load(tmp_path / "e" / "fold_0" / "scores.npz") as npz:
+        index, expected = npz["index"], npz["scores"]
+    prep = to_dict(PreprocessConfig(before=28, after=36))  # the synthetic beats are 64 samples long
+    save_model(tmp_path / "model", result["generator"], prep)
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    ds, _ = _val_and_test(dataset)
+    got = model.predict(ds.float_beats(index).reshape(len(index), -1).astype(np.float64))
+    np.testing.assert_allclose(got["score"].to_numpy(), expected, rtol=1e-5, atol=1e-9)
+    assert (got["anomalous"] == (expected >= result["threshold"])).all()

@@ -278,3 +278,42 @@ def test_pooled_comparison_resamples_patients_jointly_over_units():
     assert singles[0]["delta_auc_ci"] is None and singles[0]["p_auc"] is None
     with pytest.raises(ValueError, match="beat-level bootstrap takes one unit"):
         paired_compare_units([(u[0], u[1], u[2], None) for u in units], n_bootstrap=10)
+
+
+def test_combine_standardizes_each_score_on_normal_beats_and_weighs_them():
+    from sibeatgan.metrics import combine, standardizer
+
+    rng = np.random.default_rng(0)
+    rec, gap = rng.gamma(2.0, 0.01, 500), rng.gamma(2.0, 5.0, 500)  # two scales three decades apart
+    rs, gs = standardizer(rec), standardizer(gap)
+    assert rs == pytest.approx([rec.mean(), rec.std()]) and gs == pytest.approx([gap.mean(), gap.std()])
+    np.testing.assert_allclose(combine(rec, gap, 0.0, rs, gs), (rec - rs[0]) / rs[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(combine(rec, gap, 1.0, rs, gs), (gap - gs[0]) / gs[1], rtol=1e-5, atol=1e-6)
+    half = combine(rec, gap, 0.5, rs, gs)
+    assert abs(half.mean()) < 1e-5 and 0.5 < half.std() <= 1.0  # neither scale swamps the other
+    with pytest.raises(ValueError, match="weight"):
+        combine(rec, gap, 1.5, rs, gs)
+    with pytest.raises(ValueError, match="not finite"):
+        standardizer(np.array([1.0, np.nan]))
+    assert standardizer(np.full(10, 3.0))[1] > 0  # constant scores: a floor, not a division by zero
+
+
+def test_anomaly_score_refuses_a_score_the_model_cannot_give():
+    import torch
+
+    from sibeatgan.metrics import AnomalyScore, latent_gap
+    from sibeatgan.models import Generator
+
+    torch.manual_seed(0)
+    gen, teacher = Generator(1, 64, 8, 8), Generator(1, 64, 8, 8)
+    x = torch.randn(5, 1, 64).clamp(-1, 1)
+    assert AnomalyScore(gen).kind == "reconstruction"
+    with pytest.raises(ValueError, match="teacher's encoder"):
+        AnomalyScore(gen, kind="discrepancy")
+    with pytest.raises(ValueError, match="weight and normal-validation"):
+        AnomalyScore(gen, {"kind": "reconstruction"}, teacher.encoder, kind="combined")
+    with pytest.raises(ValueError, match="unknown score"):
+        AnomalyScore(gen, kind="entropy")
+    gap = AnomalyScore(gen, {"kind": "discrepancy"}, teacher.encoder)
+    np.testing.assert_array_equal(gap(x), latent_gap(gen, teacher.encoder, x))
+    assert (latent_gap(teacher, teacher.encoder, x) == 0).all()  # a model agrees with itself

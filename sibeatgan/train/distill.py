@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # Fields a group's members may differ in; the rest is shared by the whole group (one data set, one step shape).
 MEMBER_FIELDS = ("init", "lambda_fm", "alpha", "beta", "T", "tau", "lr", "seed")
-RESUMABLE_CHANGES = ("epochs", "device", "amp", "cuda_graph", "eval_batch_size")
+RESUMABLE_CHANGES = ("epochs", "device", "amp", "cuda_graph", "eval_batch_size", "score", "score_weight")
+SCORE_WEIGHTS = (0.25, 0.5, 0.75)  # the combinations score "auto" tries
 
 
 def _teacher_path(teacher: str | Path) -> Path:
@@ -34,7 +36,7 @@ def _prepare(config: StudentConfig, dataset: Path, teacher: Path, split: Path | 
     from sibeatgan.data.artifact import load
     from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import select
-    from sibeatgan.errors import DatasetError
+    from sibeatgan.errors import ConfigError, DatasetError
     from sibeatgan.modelio import load_generator
     from sibeatgan.train.loop import FitData
     from sibeatgan.train.teacher import _select_train
@@ -58,11 +60,75 @@ def _prepare(config: StudentConfig, dataset: Path, teacher: Path, split: Path | 
     val_labels = ds.labels[part.val]
     if config.selection == "paper" and (val_labels == 0).all():
         raise DatasetError(f"{dataset}: selection='paper' needs labelled anomalies in the validation split; it has none")
+    if config.score != "reconstruction" and teacher_g.nz != config.nz:
+        raise ConfigError(f"score {config.score!r} compares latent codes, but the teacher's has {teacher_g.nz} dimensions and the "
+                          f"student's nz is {config.nz}")
     if len(train_idx) < config.batch_size:
         raise DatasetError(f"{dataset}: {len(train_idx)} training beats, fewer than one batch of {config.batch_size}")
     data = FitData(torch.from_numpy(ds.float_beats(train_idx)), torch.from_numpy(ds.float_beats(part.val)), val_labels,
                    content_hash, split_set.hash, config.split, config.fold)
     return data, teacher_g, rt, str(tpath)
+
+
+def choose_score(config: StudentConfig, generator: Path, teacher_g: torch.nn.Module, data: Any, rt: Any) -> tuple[dict[str, Any], float | None]:
+    """Give a trained student its anomaly score, chosen on validation beats (config.score), and rewrite its file.
+
+    The file gets the teacher's encoder (its discrepancy score needs it), the score's spec (kind, weight, and the
+    mean and sd of reconstruction error and discrepancy on normal validation beats, which standardize them), the
+    validation AUC of every candidate where validation has anomalies, and a threshold chosen anew on the chosen
+    score by the model's own rule. Also written beside it as score.json. Returns the spec and the threshold."""
+    from sibeatgan.files import write_json
+    from sibeatgan.metrics import choose_threshold, combine, latent_gap, ranked_metrics, score, standardizer
+    from sibeatgan.modelio import load_generator, save_generator
+
+    path = Path(generator)
+    gen, meta = load_generator(path, rt.device)
+    meta.pop("has_teacher_encoder", None)
+    labels = data.val_labels
+    normal = labels == 0
+    x = data.val_x.to(rt.device)
+    rec = score(gen, x, config.eval_batch_size, rt.device, rt.amp)
+    spec: dict[str, Any] = {"kind": "reconstruction", "chosen_by": "config"}
+    if gen.nz != teacher_g.nz:  # refused in _prepare unless the score is the reconstruction error
+        candidates = {"reconstruction": rec}
+        teacher = None
+    else:
+        gap = latent_gap(gen, teacher_g.encoder, x, config.eval_batch_size, rt.device, rt.amp)
+        rs, gs = standardizer(rec[normal]), standardizer(gap[normal])
+        spec.update(reconstruction_stats=rs, discrepancy_stats=gs)
+        weights = SCORE_WEIGHTS if config.score == "auto" else (config.score_weight,)
+        candidates = {"reconstruction": rec, "discrepancy": gap, **{f"combined@{w:g}": combine(rec, gap, w, rs, gs) for w in weights}}
+        teacher = teacher_g
+    finite = {name: bool(np.isfinite(v).all()) for name, v in candidates.items()}
+    if (~normal).any():
+        spec["validation_auc"] = {name: ranked_metrics(v, ~normal)["auc"] if finite[name] else None for name, v in candidates.items()}
+    if config.score == "auto":
+        ranked = [(auc, name) for name, auc in spec["validation_auc"].items() if auc is not None]
+        chosen = max(ranked, key=lambda t: t[0])[1] if ranked else "reconstruction"  # ties: the first, reconstruction first
+        spec["chosen_by"] = "validation AUC"
+    else:
+        chosen = f"combined@{config.score_weight:g}" if config.score == "combined" else config.score
+    spec["kind"] = chosen.split("@")[0]
+    if "discrepancy_stats" in spec:  # the weight of a combination (evaluation may ask for it even when not chosen)
+        spec["weight"] = float(chosen.split("@")[1]) if spec["kind"] == "combined" else config.score_weight
+    values = candidates[chosen]
+    rule, far = meta.get("threshold_rule", "far"), meta.get("threshold_far") or 0.01
+    threshold = None
+    if finite[chosen] and (rule != "f1" or not normal.all()):
+        threshold = float(choose_threshold(values, labels, rule, far))
+    meta.update(score=spec, threshold=threshold)
+    save_generator(path, gen, teacher=teacher, **meta)
+    write_json(path.parent / "score.json", {**spec, "threshold": threshold, "threshold_rule": rule})
+    log.info("%s: score %s (%s)%s, threshold %s", path, chosen, spec["chosen_by"],
+             f", validation AUC {spec['validation_auc'][chosen]:.4f}" if spec.get("validation_auc") and spec["validation_auc"][chosen] is not None else "",
+             f"{threshold:.4g}" if threshold is not None else "none")
+    return spec, threshold
+
+
+def _with_scores(config: StudentConfig, results: list[dict[str, Any]], teacher_g: torch.nn.Module, data: Any, rt: Any) -> None:
+    for r in results:
+        if r.get("generator"):
+            r["score"], r["threshold"] = choose_score(config, Path(r["generator"]), teacher_g, data, rt)
 
 
 def _settings(config: StudentConfig, resume: bool, progress: bool, member_configs: list[dict[str, Any]] | None = None, teacher: str = ""):
@@ -93,7 +159,9 @@ def run_train_student(config: StudentConfig, dataset: Path, teacher: Path, out: 
                              tau=config.tau, lr=config.lr, seed=config.seed, **_common(config))
     log.info("student: %d training beats, %d validation, %s fold %d, teacher %s, init %s, ngf %d, %s", data.train_x.shape[0],
              data.val_x.shape[0], config.split, config.fold, tpath, config.init, config.ngf, rt.describe())
-    return fit(trainer, data, Path(out), _settings(config, resume, progress, teacher=tpath), callbacks, runtime=rt.describe())
+    result = fit(trainer, data, Path(out), _settings(config, resume, progress, teacher=tpath), callbacks, runtime=rt.describe())
+    _with_scores(config, [result], teacher_g, data, rt)
+    return result
 
 
 def train_student_group(configs: list[StudentConfig], dataset: Path, teacher: Path, out: Path, callbacks: list[Any] | tuple[Any, ...] = (),
@@ -116,7 +184,9 @@ def train_student_group(configs: list[StudentConfig], dataset: Path, teacher: Pa
     trainer = BatchedStudentTrainer(teacher_g, rt, len(configs), **per, **_common(base))
     member_configs = [{name: per[name][k] for name in MEMBER_FIELDS} for k in range(len(configs))]
     settings = _settings(replace(base, **{n: per[n][0] for n in MEMBER_FIELDS}), resume, progress, member_configs, tpath)
-    return member_results(fit(trainer, data, Path(out), settings, callbacks, runtime=rt.describe()))
+    results = member_results(fit(trainer, data, Path(out), settings, callbacks, runtime=rt.describe()))
+    _with_scores(base, results, teacher_g, data, rt)
+    return results
 
 
 class StudentGroup:

@@ -20,7 +20,8 @@ import torch
 
 from sibeatgan.augment import AugmentConfig, apply_drawn, augment, draw
 from sibeatgan.device import Runtime
-from sibeatgan.evaluate import score as reconstruction_score
+from sibeatgan.metrics import latent_gap
+from sibeatgan.metrics import score as reconstruction_score
 from sibeatgan.losses import DiscriminatorLoss, StudentLoss, StudentLossOutput
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.student import ProjectionHead, adjust_bn_momentum, batch_stats_only, encoder_stages, freeze
@@ -221,21 +222,9 @@ class StudentTrainer:
         """Reconstruction error of each beat, (1, n): the anomaly score, as for the teacher."""
         return reconstruction_score(self.G, x, batch_size, self.rt.device, self.rt.amp)[None, :]
 
-    @torch.no_grad()
     def discrepancy(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """Mean squared teacher-student latent distance of each beat, (1, n): an alternative anomaly score (as in STPM)."""
-        x = torch.as_tensor(x)
-        out = torch.empty(x.shape[0], dtype=torch.float32, device=self.rt.device)
-        was = self.G.training
-        self.G.eval()
-        try:
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(self.rt.device, torch.float32)
-                diff = self.G.encoder(xb).float() - self.teacher.encoder(xb).float()
-                out[start : start + xb.shape[0]] = diff.pow(2).flatten(1).mean(1)
-        finally:
-            self.G.train(was)
-        return out.cpu().numpy()[None, :]
+        """Mean squared teacher-student latent distance of each beat, (1, n): the discrepancy score (metrics.latent_gap)."""
+        return latent_gap(self.G, self.teacher.encoder, x, batch_size, self.rt.device, self.rt.amp)[None, :]
 
     def state_dict(self) -> dict[str, Any]:
         """Student, D, head, loss weights, optimizers and RNG states (the frozen teacher is an input, not state)."""
