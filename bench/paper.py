@@ -1,0 +1,355 @@
+"""The paper-scale protocol in chunks: teacher and best student over 5 folds x 3 seeds (BeatGAN protocol), and
+over 3 seeds of the clean protocol (inter-patient DS1/DS2 split, label-free selection), paired on the same beats.
+
+A unit is one (protocol, fold, seed): a teacher trained from scratch (`--teacher-epochs`, 100 as in the paper),
+then, from it, the best student of the protocol's search and its control (same init, epochs and seed, alpha =
+beta = 0: the teacher simply trained on), trained together as one batched group, then every model evaluated on
+the unit's test beats. Before a protocol's first unit, a search unit runs the protocol's Optuna search on a
+teacher of fold 0, seed 0 (validation AUC for the BeatGAN protocol, the label-free criterion for the clean one;
+never the test split) and writes its best.json, which every unit of the protocol reads. A unit keeps only what the verdict needs (each model's
+evaluation.json and scores.npz, the training histories and unit.json with the card's name and timings); its
+model files stay in the work folder.
+
+    python bench/paper.py status  --results bench/results/paper
+    python bench/paper.py run DATASET --results bench/results/paper --out OUT --device cuda --budget-s 500
+    python bench/paper.py summarize DATASET --results bench/results/paper      # no GPU needed
+
+`run` does the next units not yet in `--results`, in plan order, as many as `--budget-s` allows (each unit is
+estimated from the slowest of its kind done so far on the same card; the first one always runs), and writes them into `--out` (default: the
+results folder itself); a GPU session copies `OUT` into bench/results/paper and commits it, so the next session
+with a GPU goes on from there (bench/gpu_paper.sh). `summarize` gathers every unit: means over folds and seeds,
+and paired record-level comparisons (student vs teacher, student vs control, control vs teacher) per fold and
+pooled, per protocol: summary.json and summary.md in the results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+log = logging.getLogger("paper")
+
+PROTOCOLS = {"beatgan": {"split": "beatgan", "selection": "paper", "folds": (0, 1, 2, 3, 4), "score": "auto"},
+             "clean": {"split": "interpatient", "selection": "clean", "folds": (0,), "score": "reconstruction"}}
+
+
+def plan(protocols: list[str], seeds: list[int]) -> list[tuple[str, int, int]]:
+    """Units in the order they run: fold 0 of the BeatGAN protocol first (its search, then a fold-0 verdict over
+    seeds), then the clean protocol, then folds 1-4."""
+    units = []
+    for protocol in protocols:
+        for fold in PROTOCOLS[protocol]["folds"][:1]:
+            units += [(protocol, fold, s) for s in seeds]
+    for protocol in protocols:
+        for fold in PROTOCOLS[protocol]["folds"][1:]:
+            units += [(protocol, fold, s) for s in seeds]
+    return units
+
+
+def unit_name(protocol: str, fold: int, seed: int) -> str:
+    return f"{protocol}-f{fold}-s{seed}"
+
+
+def done_units(*folders: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for folder in folders:
+        for f in sorted(Path(folder).glob("*/unit.json")) if Path(folder).is_dir() else []:
+            out[f.parent.name] = json.loads(f.read_text())
+    return out
+
+
+def find_best(protocol: str, *folders: Path) -> Path | None:
+    for folder in folders:
+        p = Path(folder) / f"{protocol}-search" / "best.json"
+        if p.is_file():
+            return p
+    return None
+
+
+def card() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def _keep_eval(src: Path, dst: Path) -> None:
+    """evaluation.json, table.txt and each fold's test scores: what compare needs, without plots or model files.
+    scores.npz keeps index, scores and labels only, in small dtypes (compare takes records from the dataset)."""
+    import numpy as np
+
+    for f in src.rglob("*"):
+        if not f.is_file() or f.name not in ("evaluation.json", "table.txt", "scores.npz"):
+            continue
+        target = dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.name != "scores.npz":
+            shutil.copy2(f, target)
+            continue
+        with np.load(f) as npz:
+            arrays = {"index": npz["index"].astype(np.int32), "scores": npz["scores"].astype(np.float32), "labels": npz["labels"].astype(np.int8)}
+        with open(target, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, results: list[Path], out: Path) -> dict[str, Any]:
+    from sibeatgan.config import EvaluateConfig, StudentConfig, TeacherConfig, replace
+    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.files import write_json
+    from sibeatgan.train.distill import train_student_group
+    from sibeatgan.train.teacher import run_train_teacher
+
+    p = PROTOCOLS[protocol]
+    name = unit_name(protocol, fold, seed)
+    work = args.work / name
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    teacher = run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed,
+                                              device=args.device, max_train_beats=args.teacher_max_train_beats), args.dataset, work / "teacher")
+    timings["teacher_s"] = time.perf_counter() - t
+
+    best_path = find_best(protocol, out, *results)
+    if best_path is None:
+        raise SystemExit(f"{name}: no {protocol}-search/best.json in {out} or {', '.join(map(str, results))}; run the search unit first")
+    student = json.loads(best_path.read_text())["student"]
+
+    t = time.perf_counter()
+    best = replace(StudentConfig(**student), split=p["split"], fold=fold, selection=p["selection"], epochs=args.student_epochs,
+                   max_train_beats=args.student_max_train_beats, device=args.device, seed=seed, score=p["score"])
+    members = [best, replace(best, alpha=0.0, beta=0.0)]
+    trained = train_student_group(members, args.dataset, work / "teacher", work / "students")
+    timings["students_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    econf = EvaluateConfig(split=p["split"], device=args.device, n_bootstrap=args.eval_bootstrap, plots=False)
+    evals = {"teacher": (Path(teacher["generator"]), "model"), "student": (Path(trained[0]["generator"]), "model"),
+             "control": (Path(trained[1]["generator"]), "model")}
+    if trained[0]["score"]["kind"] != "reconstruction":
+        evals["student_reconstruction"] = (Path(trained[0]["generator"]), "reconstruction")
+    tmp = out / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    figures = {}
+    for who, (model, kind) in evals.items():
+        result = run_evaluate(replace(econf, score=kind), args.dataset, model, work / "eval" / who)
+        _keep_eval(work / "eval" / who, tmp / "eval" / who)
+        f = result["folds"][str(fold)]
+        figures[who] = {"auc": f["auc"], "ap": f["ap"], "auc_ci": f.get("auc_ci"), "f1_at_threshold": f["operating"]["f1"],
+                        "score": f.get("score"), "n": f["n"]}
+    timings["evaluate_s"] = time.perf_counter() - t
+    for who, folder in (("teacher", work / "teacher"), ("students", work / "students")):
+        for f in folder.rglob("*.json"):
+            if f.name in ("metrics.json", "score.json"):
+                target = tmp / "train" / who / f.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, target)
+    unit = {"unit": name, "protocol": protocol, "split": p["split"], "selection": p["selection"], "fold": fold, "seed": seed,
+            "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures,
+            "best": str(best_path), "student_config": student, "student_score": trained[0]["score"],
+            "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
+    write_json(tmp / "unit.json", unit)
+    final = out / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # a unit appears whole or not at all
+    log.info("%s done in %.0f s on %s: teacher AUC %.4f, student %.4f (%s score), control %.4f", name, unit["seconds"], unit["card"],
+             figures["teacher"]["auc"], figures["student"]["auc"], figures["student"]["score"], figures["control"]["auc"])
+    return unit
+
+
+def run_search(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
+    """The protocol's Optuna search on a teacher of fold 0, seed 0 (trained as a unit's teacher is): best.json and the
+    trials in `<protocol>-search/`, which every unit of the protocol reads. Validation only, never the test split."""
+    from sibeatgan.config import StudentConfig, TeacherConfig, TuneConfig
+    from sibeatgan.files import write_json
+    from sibeatgan.train.distill import run_tune
+    from sibeatgan.train.teacher import run_train_teacher
+
+    p = PROTOCOLS[protocol]
+    out = args.out or args.results
+    work = args.work / f"{protocol}-search"
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    run_train_teacher(TeacherConfig(split=p["split"], fold=0, selection=p["selection"], epochs=args.teacher_epochs, seed=0, device=args.device,
+                                    max_train_beats=args.teacher_max_train_beats), args.dataset, work / "teacher")
+    timings["teacher_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    base = StudentConfig(split=p["split"], fold=0, selection=p["selection"], epochs=args.tune_epochs, device=args.device,
+                         max_train_beats=args.tune_max_train_beats)
+    tuned = run_tune(TuneConfig(n_trials=args.trials, group_size=args.group_size, heartbeat_s=30, grace_s=600), base, args.dataset,
+                     work / "teacher", work / "tune")
+    timings["tune_s"] = time.perf_counter() - t
+    tmp = out / f".{protocol}-search.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in ("best.json", "summary.json", "trials.csv"):
+        if (work / "tune" / f).is_file():
+            shutil.copy2(work / "tune" / f, tmp / f)
+    search = {"unit": f"{protocol}-search", "protocol": protocol, "card": card(), "timings": timings, "seconds": sum(timings.values()),
+              "best": {k: tuned[k] for k in ("trial", "value", "criterion", "params") if k in tuned},
+              "args": {k: str(v) for k, v in vars(args).items()}}
+    write_json(tmp / "search.json", search)
+    final = out / f"{protocol}-search"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    log.info("%s-search done in %.0f s on %s: best trial %s, %s %.4f", protocol, search["seconds"], search["card"],
+             search["best"].get("trial"), search["best"].get("criterion"), search["best"].get("value") or float("nan"))
+    return search
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    out = args.out or args.results
+    out.mkdir(parents=True, exist_ok=True)
+    results = [args.results]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    protocols = args.protocols.split(",")
+    this_card = card()
+    ran: list[str] = []
+
+    def fits(name: str, kind: str) -> bool:
+        """Whether another unit of `kind` (unit or search) fits in what is left of the budget (the first always runs)."""
+        if args.units and len(ran) >= args.units:
+            return False
+        done = list(done_units(out, *results).values()) + [json.loads(f.read_text()) for d in (out, *results)
+                                                           for f in sorted(Path(d).glob("*-search/search.json"))]
+        same = [u["seconds"] for u in done if u.get("card") == this_card and u["unit"].endswith("-search") == (kind == "search")]
+        estimate = max(same) if same else args.assume_s
+        left = args.budget_s - (time.perf_counter() - started)
+        if ran and estimate > left:
+            log.info("stopping before %s: %.0f s left, it takes about %.0f s on %s%s", name, left, estimate, this_card,
+                     "" if same else " (none measured yet: --assume-s)")
+            return False
+        return True
+
+    for protocol, fold, seed in plan(protocols, seeds):
+        name = unit_name(protocol, fold, seed)
+        if name in done_units(out, *results):
+            continue
+        if find_best(protocol, out, *results) is None:
+            if not fits(f"{protocol}-search", "search"):
+                break
+            ran.append(run_search(args, protocol)["unit"])
+        if not fits(name, "unit"):
+            break
+        ran.append(run_unit(args, protocol, fold, seed, results, out)["unit"])
+    pending = [unit_name(*u) for u in plan(protocols, seeds) if unit_name(*u) not in done_units(out, *results)]
+    print(json.dumps({"ran": ran, "pending": pending, "seconds": time.perf_counter() - started, "card": this_card}, indent=2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    done = done_units(args.results)
+    for protocol in args.protocols.split(","):
+        f = Path(args.results) / f"{protocol}-search" / "search.json"
+        u = json.loads(f.read_text()) if f.is_file() else None
+        print(f"{protocol + '-search':<18}" + (f"done on {u['card']} in {u['seconds']:.0f} s" if u else "pending"))
+    for protocol, fold, seed in plan(args.protocols.split(","), seeds):
+        name = unit_name(protocol, fold, seed)
+        u = done.get(name)
+        print(f"{name:<18}" + (f"done on {u['card']} in {u['seconds']:.0f} s" if u else "pending"))
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sibeatgan.compare import run_compare
+    from sibeatgan.config import EvaluateConfig
+    from sibeatgan.files import write_json, write_text
+
+    done = done_units(args.results)
+    if not done:
+        print(f"no unit in {args.results}: nothing to summarize", file=sys.stderr)
+        return 1
+    summary: dict[str, Any] = {}
+    lines = ["# Paper-scale protocol: teacher vs best student (bench/paper.py summarize)", ""]
+    cconf = EvaluateConfig(n_bootstrap=args.n_bootstrap)
+    work = args.results / ".compare"
+    for protocol in PROTOCOLS:
+        units = sorted((u for u in done.values() if u["protocol"] == protocol), key=lambda u: (u["fold"], u["seed"]))
+        if not units:
+            continue
+        folders = {who: [args.results / u["unit"] / "eval" / who for u in units] for who in ("teacher", "student", "control")}
+        # the student by reconstruction error alone (its own folder when another score was chosen, else the student's)
+        folders["student_reconstruction"] = [f if f.is_dir() else s for f, s in
+                                             zip((args.results / u["unit"] / "eval" / "student_reconstruction" for u in units), folders["student"])]
+        trio = ("teacher", "student", "control")
+        means = {who: {k: float(np.mean([u["figures"][who][k] for u in units])) for k in ("auc", "ap")} for who in trio}
+        sds = {who: float(np.std([u["figures"][who]["auc"] for u in units], ddof=1)) if len(units) > 1 else None for who in trio}
+        comparisons = {}
+        for name, a, b in (("student_vs_teacher", "teacher", "student"), ("student_vs_control", "control", "student"),
+                           ("control_vs_teacher", "teacher", "control"), ("student_reconstruction_vs_teacher", "teacher", "student_reconstruction")):
+            r = run_compare(cconf, args.dataset, folders[a], folders[b], work / protocol / name)
+            comparisons[name] = {"pooled": r["pooled"], "folds": r["folds"]}
+        folds = sorted({u["fold"] for u in units})
+        seeds = sorted({u["seed"] for u in units})
+        summary[protocol] = {"units": [u["unit"] for u in units], "folds": folds, "seeds": seeds, "cards": sorted({u["card"] for u in units}),
+                             "mean": means, "auc_sd_over_units": sds, "comparisons": comparisons,
+                             "student_scores": sorted({u["figures"]["student"].get("score") or "reconstruction" for u in units})}
+        lines += [f"## {protocol} protocol ({PROTOCOLS[protocol]['split']} split, selection {PROTOCOLS[protocol]['selection']}): "
+                  f"{len(units)} unit(s), folds {folds}, seeds {seeds}, on {', '.join(summary[protocol]['cards'])}", "",
+                  "| model | mean AUC | sd over units | mean AP |", "|---|---|---|---|"]
+        for who in trio:
+            sd = f"{sds[who]:.4f}" if sds[who] is not None else "-"
+            lines.append(f"| {who} | {means[who]['auc']:.4f} | {sd} | {means[who]['ap']:.4f} |")
+        lines += ["", "| comparison (b - a), pooled over folds and seeds | delta AUC [95% CI] | p | delta AP [95% CI] | p |", "|---|---|---|---|---|"]
+        for name, c in comparisons.items():
+            r = c["pooled"]
+
+            def ci(key: str) -> str:
+                lo_hi = r.get(f"delta_{key}_ci")
+                return f"{r[f'delta_{key}']:+.4f}" + (f" [{lo_hi[0]:+.4f}, {lo_hi[1]:+.4f}]" if lo_hi else "")
+
+            lines.append(f"| {name.replace('_', ' ')} | {ci('auc')} | {r.get('p_auc', float('nan')):.3f} | {ci('ap')} | {r.get('p_ap', float('nan')):.3f} |")
+        lines.append("")
+    shutil.rmtree(work, ignore_errors=True)
+    write_json(args.results / "summary.json", summary)
+    write_text(args.results / "summary.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", type=Path, default=Path("bench/results/paper"), help="the units done so far")
+    common.add_argument("--seeds", default="0,1,2")
+    common.add_argument("--protocols", default="beatgan,clean")
+    r = sub.add_parser("run", parents=[common], help="the next units, within --budget-s")
+    r.add_argument("dataset", type=Path)
+    r.add_argument("--out", type=Path, default=None, help="where new units go (default: --results)")
+    r.add_argument("--work", type=Path, default=Path("/tmp/paper-work"), help="model files and checkpoints")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--budget-s", type=float, default=500.0)
+    r.add_argument("--units", type=int, default=0, help="at most this many units (0: as many as the budget allows)")
+    r.add_argument("--assume-s", type=float, default=400.0, help="a unit's seconds until one has been measured on this card")
+    r.add_argument("--teacher-epochs", type=int, default=100)
+    r.add_argument("--teacher-max-train-beats", type=int, default=None)
+    r.add_argument("--trials", type=int, default=16)
+    r.add_argument("--group-size", type=int, default=8)
+    r.add_argument("--tune-epochs", type=int, default=6)
+    r.add_argument("--tune-max-train-beats", type=int, default=16384)
+    r.add_argument("--student-epochs", type=int, default=10)
+    r.add_argument("--student-max-train-beats", type=int, default=None)
+    r.add_argument("--eval-bootstrap", type=int, default=200)
+    sub.add_parser("status", parents=[common], help="which units are done")
+    m = sub.add_parser("summarize", parents=[common], help="means and paired comparisons over every unit done")
+    m.add_argument("dataset", type=Path)
+    m.add_argument("--n-bootstrap", type=int, default=1000)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.cmd == "run":
+        return cmd_run(args)
+    return cmd_status(args) if args.cmd == "status" else cmd_summarize(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
