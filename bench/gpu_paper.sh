@@ -3,7 +3,8 @@
 # plus the wheels of pydantic and optuna carried in .whl/ (bench/README.md), and the preprocessed MIT-BIH beats in
 # .device-data/beats (57 MiB; `sibeatgan preprocess --source ../shared/data/mitdb --out .device-data/beats`).
 # It runs the next units not yet in bench/results/paper (that folder travels with the working tree), as many as
-# BUDGET_S allows, and writes them into OUT/paper; the session then copies them into bench/results/paper, runs
+# BUDGET_S allows, and writes them into OUT/paper (this call's log and card: OUT/run.log, OUT/gpu.txt); the session
+# then copies OUT/paper/* into bench/results/paper, runs
 #   python bench/paper.py summarize .device-data/beats       (here, no GPU needed)
 # and commits bench/results/paper with the figures written into bench/student.md.
 # Usage (device call, timeout 560 s):  bash bench/gpu_paper.sh OUT      env: BUDGET_S (default 470), PAPER_ARGS
@@ -17,9 +18,11 @@ if [ -d .whl ] && ! "$PY" -c 'import pydantic, optuna' 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c 'import torch, pydantic, optuna; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")' \
-  | tee "$OUT/paper/gpu.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/paper/gpu.txt" 2>&1 || true
+  | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/gpu.txt" 2>&1 || true
 # shellcheck disable=SC2086
 "$PY" bench/paper.py run .device-data/beats --results bench/results/paper --out "$OUT/paper" --device cuda \
-  --budget-s "${BUDGET_S:-470}" ${PAPER_ARGS:-} 2>&1 | tee "$OUT/paper/run.log" | grep -v " epoch " | tail -n 40
-echo "paper.py exit ${PIPESTATUS[0]}"
+  --budget-s "${BUDGET_S:-470}" ${PAPER_ARGS:-} 2>&1 | tee "$OUT/run.log" | grep -v " epoch " | tail -n 40
+rc=${PIPESTATUS[0]}
+echo "paper.py exit $rc"
+exit "$rc"

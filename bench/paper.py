@@ -4,9 +4,11 @@ over 3 seeds of the clean protocol (inter-patient DS1/DS2 split, label-free sele
 A unit is one (protocol, fold, seed): a teacher trained from scratch (`--teacher-epochs`, 100 as in the paper),
 then, from it, the best student of the protocol's search and its control (same init, epochs and seed, alpha =
 beta = 0: the teacher simply trained on), trained together as one batched group, then every model evaluated on
-the unit's test beats. Before a protocol's first unit, a search unit runs the protocol's Optuna search on a
-teacher of fold 0, seed 0 (validation AUC for the BeatGAN protocol, the label-free criterion for the clean one;
-never the test split) and writes its best.json, which every unit of the protocol reads. A unit keeps only what the verdict needs (each model's
+the unit's test beats. Before the first unit of a fold, a search unit runs the Optuna search on a teacher of
+that fold (seed 0) with that fold's validation beats (validation AUC for the BeatGAN protocol, the label-free
+criterion for the clean one) and writes its best.json, which the fold's units read. One search per fold, because
+the BeatGAN folds share their normal beats: fold 0's validation beats are test beats of folds 1-4, so a search on
+fold 0 would choose the student of folds 1-4 with their own test beats. A unit keeps only what the verdict needs (each model's
 evaluation.json and scores.npz, the training histories and unit.json with the card's name and timings); its
 model files stay in the work folder.
 
@@ -66,9 +68,13 @@ def done_units(*folders: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def find_best(protocol: str, *folders: Path) -> Path | None:
+def search_name(protocol: str, fold: int) -> str:
+    return f"{protocol}-f{fold}-search"
+
+
+def find_best(protocol: str, fold: int, *folders: Path) -> Path | None:
     for folder in folders:
-        p = Path(folder) / f"{protocol}-search" / "best.json"
+        p = Path(folder) / search_name(protocol, fold) / "best.json"
         if p.is_file():
             return p
     return None
@@ -109,15 +115,16 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     p = PROTOCOLS[protocol]
     name = unit_name(protocol, fold, seed)
     work = args.work / name
+    shutil.rmtree(work, ignore_errors=True)  # a unit is trained whole or not at all: nothing resumed from another attempt
     timings: dict[str, float] = {}
     t = time.perf_counter()
     teacher = run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed,
                                               device=args.device, max_train_beats=args.teacher_max_train_beats), args.dataset, work / "teacher")
     timings["teacher_s"] = time.perf_counter() - t
 
-    best_path = find_best(protocol, out, *results)
+    best_path = find_best(protocol, fold, out, *results)
     if best_path is None:
-        raise SystemExit(f"{name}: no {protocol}-search/best.json in {out} or {', '.join(map(str, results))}; run the search unit first")
+        raise SystemExit(f"{name}: no {search_name(protocol, fold)}/best.json in {out} or {', '.join(map(str, results))}; run its search first")
     student = json.loads(best_path.read_text())["student"]
 
     t = time.perf_counter()
@@ -129,13 +136,16 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
 
     t = time.perf_counter()
     econf = EvaluateConfig(split=p["split"], device=args.device, n_bootstrap=args.eval_bootstrap, plots=False)
-    evals = {"teacher": (Path(teacher["generator"]), "model"), "student": (Path(trained[0]["generator"]), "model"),
-             "control": (Path(trained[1]["generator"]), "model")}
-    if trained[0]["score"]["kind"] != "reconstruction":
-        evals["student_reconstruction"] = (Path(trained[0]["generator"]), "reconstruction")
+    evals = {"teacher": (Path(teacher["generator"]), "model")}
+    failed = [who for who, r in zip(("student", "control"), trained) if not r.get("generator")]
+    for who, r in zip(("student", "control"), trained):
+        if r.get("generator"):  # a member with no finite validation epoch has no model: the unit is recorded as failed
+            evals[who] = (Path(r["generator"]), "model")
+            if r["score"]["kind"] != "reconstruction":  # its reconstruction error too, beside the score it chose
+                evals[f"{who}_reconstruction"] = (Path(r["generator"]), "reconstruction")
     tmp = out / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    figures = {}
+    figures: dict[str, Any] = {}
     for who, (model, kind) in evals.items():
         result = run_evaluate(replace(econf, score=kind), args.dataset, model, work / "eval" / who)
         _keep_eval(work / "eval" / who, tmp / "eval" / who)
@@ -149,22 +159,23 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
                 target = tmp / "train" / who / f.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, target)
-    unit = {"unit": name, "protocol": protocol, "split": p["split"], "selection": p["selection"], "fold": fold, "seed": seed,
-            "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures,
-            "best": str(best_path), "student_config": student, "student_score": trained[0]["score"],
+    unit = {"unit": name, "status": f"failed ({', '.join(failed)}: no model selected)" if failed else "done",
+            "protocol": protocol, "split": p["split"], "selection": p["selection"], "fold": fold, "seed": seed,
+            "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures, "best": str(best_path),
+            "student_config": student, "scores": {who: r.get("score", {}).get("kind") for who, r in zip(("student", "control"), trained)},
             "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
     write_json(tmp / "unit.json", unit)
     final = out / name
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # a unit appears whole or not at all
-    log.info("%s done in %.0f s on %s: teacher AUC %.4f, student %.4f (%s score), control %.4f", name, unit["seconds"], unit["card"],
-             figures["teacher"]["auc"], figures["student"]["auc"], figures["student"]["score"], figures["control"]["auc"])
+    log.info("%s %s in %.0f s on %s: %s", name, unit["status"], unit["seconds"], unit["card"],
+             ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()))
     return unit
 
 
-def run_search(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
-    """The protocol's Optuna search on a teacher of fold 0, seed 0 (trained as a unit's teacher is): best.json and the
-    trials in `<protocol>-search/`, which every unit of the protocol reads. Validation only, never the test split."""
+def run_search(args: argparse.Namespace, protocol: str, fold: int) -> dict[str, Any]:
+    """The Optuna search of one fold on a teacher of that fold, seed 0 (trained as a unit's teacher is): best.json and
+    the trials in `<protocol>-f<fold>-search/`, which the fold's units read. Validation beats only, never test ones."""
     from sibeatgan.config import StudentConfig, TeacherConfig, TuneConfig
     from sibeatgan.files import write_json
     from sibeatgan.train.distill import run_tune
@@ -172,32 +183,34 @@ def run_search(args: argparse.Namespace, protocol: str) -> dict[str, Any]:
 
     p = PROTOCOLS[protocol]
     out = args.out or args.results
-    work = args.work / f"{protocol}-search"
+    name = search_name(protocol, fold)
+    work = args.work / name
+    shutil.rmtree(work, ignore_errors=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    run_train_teacher(TeacherConfig(split=p["split"], fold=0, selection=p["selection"], epochs=args.teacher_epochs, seed=0, device=args.device,
+    run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=0, device=args.device,
                                     max_train_beats=args.teacher_max_train_beats), args.dataset, work / "teacher")
     timings["teacher_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    base = StudentConfig(split=p["split"], fold=0, selection=p["selection"], epochs=args.tune_epochs, device=args.device,
+    base = StudentConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.tune_epochs, device=args.device,
                          max_train_beats=args.tune_max_train_beats)
     tuned = run_tune(TuneConfig(n_trials=args.trials, group_size=args.group_size, heartbeat_s=30, grace_s=600), base, args.dataset,
                      work / "teacher", work / "tune")
     timings["tune_s"] = time.perf_counter() - t
-    tmp = out / f".{protocol}-search.partial"
+    tmp = out / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for f in ("best.json", "summary.json", "trials.csv"):
         if (work / "tune" / f).is_file():
             shutil.copy2(work / "tune" / f, tmp / f)
-    search = {"unit": f"{protocol}-search", "protocol": protocol, "card": card(), "timings": timings, "seconds": sum(timings.values()),
+    search = {"unit": name, "protocol": protocol, "fold": fold, "card": card(), "timings": timings, "seconds": sum(timings.values()),
               "best": {k: tuned[k] for k in ("trial", "value", "criterion", "params") if k in tuned},
               "args": {k: str(v) for k, v in vars(args).items()}}
     write_json(tmp / "search.json", search)
-    final = out / f"{protocol}-search"
+    final = out / name
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    log.info("%s-search done in %.0f s on %s: best trial %s, %s %.4f", protocol, search["seconds"], search["card"],
+    log.info("%s done in %.0f s on %s: best trial %s, %s %.4f", name, search["seconds"], search["card"],
              search["best"].get("trial"), search["best"].get("criterion"), search["best"].get("value") or float("nan"))
     return search
 
@@ -231,10 +244,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         name = unit_name(protocol, fold, seed)
         if name in done_units(out, *results):
             continue
-        if find_best(protocol, out, *results) is None:
-            if not fits(f"{protocol}-search", "search"):
+        if find_best(protocol, fold, out, *results) is None:
+            if not fits(search_name(protocol, fold), "search"):
                 break
-            ran.append(run_search(args, protocol)["unit"])
+            ran.append(run_search(args, protocol, fold)["unit"])
         if not fits(name, "unit"):
             break
         ran.append(run_unit(args, protocol, fold, seed, results, out)["unit"])
@@ -246,14 +259,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     done = done_units(args.results)
-    for protocol in args.protocols.split(","):
-        f = Path(args.results) / f"{protocol}-search" / "search.json"
-        u = json.loads(f.read_text()) if f.is_file() else None
-        print(f"{protocol + '-search':<18}" + (f"done on {u['card']} in {u['seconds']:.0f} s" if u else "pending"))
     for protocol, fold, seed in plan(args.protocols.split(","), seeds):
         name = unit_name(protocol, fold, seed)
+        if seed == seeds[0]:
+            f = Path(args.results) / search_name(protocol, fold) / "search.json"
+            u = json.loads(f.read_text()) if f.is_file() else None
+            print(f"{search_name(protocol, fold):<20}" + (f"done on {u['card']} in {u['seconds']:.0f} s" if u else "pending"))
         u = done.get(name)
-        print(f"{name:<18}" + (f"done on {u['card']} in {u['seconds']:.0f} s" if u else "pending"))
+        state = "pending" if u is None else f"{u.get('status', 'done')} on {u['card']} in {u['seconds']:.0f} s"
+        print(f"{name:<20}{state}")
     return 0
 
 
@@ -273,28 +287,41 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     cconf = EvaluateConfig(n_bootstrap=args.n_bootstrap)
     work = args.results / ".compare"
     for protocol in PROTOCOLS:
-        units = sorted((u for u in done.values() if u["protocol"] == protocol), key=lambda u: (u["fold"], u["seed"]))
+        units = sorted((u for u in done.values() if u["protocol"] == protocol and u.get("status", "done") == "done"),
+                       key=lambda u: (u["fold"], u["seed"]))
+        failed = sorted(u["unit"] for u in done.values() if u["protocol"] == protocol and u.get("status", "done") != "done")
         if not units:
             continue
-        folders = {who: [args.results / u["unit"] / "eval" / who for u in units] for who in ("teacher", "student", "control")}
-        # the student by reconstruction error alone (its own folder when another score was chosen, else the student's)
-        folders["student_reconstruction"] = [f if f.is_dir() else s for f, s in
-                                             zip((args.results / u["unit"] / "eval" / "student_reconstruction" for u in units), folders["student"])]
+
+        def eval_folders(who: str, fallback: str | None = None) -> list[Path]:
+            """Each unit's evaluation of `who`; a `<model>_reconstruction` folder exists only where the model chose another
+            score, else its own evaluation is the reconstruction error's."""
+            folders = [args.results / u["unit"] / "eval" / who for u in units]
+            return [f if f.is_dir() or fallback is None else args.results / u["unit"] / "eval" / fallback for f, u in zip(folders, units)]
+
+        folders = {who: eval_folders(who) for who in ("teacher", "student", "control")}
+        folders.update(student_reconstruction=eval_folders("student_reconstruction", "student"),
+                       control_reconstruction=eval_folders("control_reconstruction", "control"))
         trio = ("teacher", "student", "control")
         means = {who: {k: float(np.mean([u["figures"][who][k] for u in units])) for k in ("auc", "ap")} for who in trio}
         sds = {who: float(np.std([u["figures"][who]["auc"] for u in units], ddof=1)) if len(units) > 1 else None for who in trio}
         comparisons = {}
         for name, a, b in (("student_vs_teacher", "teacher", "student"), ("student_vs_control", "control", "student"),
-                           ("control_vs_teacher", "teacher", "control"), ("student_reconstruction_vs_teacher", "teacher", "student_reconstruction")):
+                           ("control_vs_teacher", "teacher", "control"),
+                           ("student_reconstruction_vs_teacher", "teacher", "student_reconstruction"),
+                           ("student_reconstruction_vs_control_reconstruction", "control_reconstruction", "student_reconstruction")):
             r = run_compare(cconf, args.dataset, folders[a], folders[b], work / protocol / name)
             comparisons[name] = {"pooled": r["pooled"], "folds": r["folds"]}
         folds = sorted({u["fold"] for u in units})
         seeds = sorted({u["seed"] for u in units})
         summary[protocol] = {"units": [u["unit"] for u in units], "folds": folds, "seeds": seeds, "cards": sorted({u["card"] for u in units}),
                              "mean": means, "auc_sd_over_units": sds, "comparisons": comparisons,
-                             "student_scores": sorted({u["figures"]["student"].get("score") or "reconstruction" for u in units})}
+                             "failed_units": failed,
+                             "scores": {who: sorted({u["figures"][who].get("score") or "reconstruction" for u in units}) for who in trio}}
+        chosen = "; ".join(f"{who}: {', '.join(v)}" for who, v in summary[protocol]["scores"].items())
         lines += [f"## {protocol} protocol ({PROTOCOLS[protocol]['split']} split, selection {PROTOCOLS[protocol]['selection']}): "
                   f"{len(units)} unit(s), folds {folds}, seeds {seeds}, on {', '.join(summary[protocol]['cards'])}", "",
+                  f"Scores used (chosen on validation): {chosen}." + (f" Failed units (left out): {', '.join(failed)}." if failed else ""), "",
                   "| model | mean AUC | sd over units | mean AP |", "|---|---|---|---|"]
         for who in trio:
             sd = f"{sds[who]:.4f}" if sds[who] is not None else "-"

@@ -365,7 +365,8 @@ def evaluate(
     set_: Optional[list[str]] = SetOpt,
     track: bool = TrackOpt,
 ) -> None:
-    """Score test beats by reconstruction error; AUC, AP, F1, per-class AUC, bootstrap CIs and plots."""
+    """Score test beats with each model's anomaly score (reconstruction error unless a student chose another; --set score=... for
+    a student's other scores); AUC, AP, F1, per-class AUC, bootstrap CIs and plots."""
     from sibeatgan.evaluate import format_table, run_evaluate
 
     conf = _config(cfg.EvaluateConfig, config, set_, folds=folds)

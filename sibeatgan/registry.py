@@ -136,6 +136,10 @@ def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, 
     if key not in folds:
         raise RegistryError(f"{evaluation}: no evaluation of fold {key} (it has {', '.join(folds)})")
     figures = folds[key]
+    own = (meta.get("score") or {}).get("kind", "reconstruction")
+    if figures.get("score", "reconstruction") != own:
+        raise RegistryError(f"{evaluation}: fold {key} was evaluated with the {figures.get('score')} score, but {generator} scores by "
+                            f"{own}; register it with an evaluation of its own score (evaluate without --set score=...)")
     ds = load(dataset)
     if report.get("dataset_hash") != ds.content_hash():
         raise RegistryError(f"{evaluation} was computed on dataset {str(report.get('dataset_hash'))[:12]}, not {dataset}")

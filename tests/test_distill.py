@@ -156,6 +156,12 @@ def test_a_student_carries_its_teacher_encoder_and_evaluation_reports_each_score
     assert gap["operating"]["source"] == "validation" and gap["operating"]["threshold"] != pytest.approx(rec["operating"]["threshold"])
     both = run_evaluate(replace(conf, score="combined"), dataset, result["generator"], tmp_path / "both")["folds"]["0"]
     assert both["score"] == "combined" and both["score_spec"]["weight"] == 0.5
+    # registering the student with figures of a score it does not use is refused before anything is written
+    from sibeatgan.config import TrackingConfig
+    from sibeatgan.registry import RegistryError, run_register
+
+    with pytest.raises(RegistryError, match="discrepancy score"):
+        run_register(TrackingConfig(), Path(result["generator"]), tmp_path / "gap", dataset, tmp_path / "reg")
     # a teacher has no teacher: asking it for the discrepancy names what is missing
     from sibeatgan.errors import CheckpointError
 
@@ -231,12 +237,37 @@ def test_the_pyfunc_of_a_discrepancy_student_scores_as_evaluate_does(teacher, tm
     dataset, teacher_dir = teacher
     result = run_train_student(student(score="discrepancy"), dataset, teacher_dir, tmp_path / "s")
     run_evaluate(EvaluateConfig(device="cpu", n_bootstrap=0, plots=False), dataset, result["generator"], tmp_path / "e")
+    from sibeatgan.metrics import latent_gap
+
+    assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["folds"]["0"]["score"] == "discrepancy"
     with np.load(tmp_path / "e" / "fold_0" / "scores.npz") as npz:
         index, expected = npz["index"], npz["scores"]
+    ds, _ = _val_and_test(dataset)
+    gen, _ = load_generator(result["generator"])
+    t_gen, _ = load_generator(teacher_dir / "generator.pt")
+    np.testing.assert_allclose(expected, latent_gap(gen, t_gen.encoder, torch.from_numpy(ds.float_beats(index))), rtol=1e-6)
     prep = to_dict(PreprocessConfig(before=28, after=36))  # the synthetic beats are 64 samples long
     save_model(tmp_path / "model", result["generator"], prep)
     model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
-    ds, _ = _val_and_test(dataset)
     got = model.predict(ds.float_beats(index).reshape(len(index), -1).astype(np.float64))
     np.testing.assert_allclose(got["score"].to_numpy(), expected, rtol=1e-5, atol=1e-9)
     assert (got["anomalous"] == (expected >= result["threshold"])).all()
+
+
+def test_a_discrepancy_that_is_not_finite_leaves_the_reconstruction_score_and_loses_no_work(teacher, tmp_path, caplog):
+    from sibeatgan.modelio import load_score
+    from sibeatgan.train.distill import _prepare, choose_score
+
+    dataset, teacher_dir = teacher
+    config = student(score="discrepancy", epochs=1)
+    result = run_train_student(config, dataset, teacher_dir, tmp_path / "s")
+    summary = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert summary["score"]["kind"] == "discrepancy" and summary["threshold"] == result["threshold"]  # metrics.json says what the file holds
+    data, teacher_g, rt, _ = _prepare(config, dataset, teacher_dir, None)
+    with torch.no_grad():
+        next(teacher_g.encoder.parameters()).fill_(float("nan"))  # a teacher whose codes are NaN: the gap cannot be used
+    spec, threshold = choose_score(config, Path(result["generator"]), teacher_g, data, rt)
+    assert spec["kind"] == "reconstruction" and "not finite" in spec["unavailable"] and threshold is not None
+    assert "cannot be given" in caplog.text
+    anomaly, meta = load_score(result["generator"])
+    assert anomaly.kind == "reconstruction" and meta["epoch"] == result["best_epoch"]

@@ -8,6 +8,7 @@ BatchedStudentTrainer for a group of members with their own hyperparameters.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,10 +74,13 @@ def _prepare(config: StudentConfig, dataset: Path, teacher: Path, split: Path | 
 def choose_score(config: StudentConfig, generator: Path, teacher_g: torch.nn.Module, data: Any, rt: Any) -> tuple[dict[str, Any], float | None]:
     """Give a trained student its anomaly score, chosen on validation beats (config.score), and rewrite its file.
 
-    The file gets the teacher's encoder (its discrepancy score needs it), the score's spec (kind, weight, and the
-    mean and sd of reconstruction error and discrepancy on normal validation beats, which standardize them), the
-    validation AUC of every candidate where validation has anomalies, and a threshold chosen anew on the chosen
-    score by the model's own rule. Also written beside it as score.json. Returns the spec and the threshold."""
+    The file gets the teacher's encoder when the latent codes compare (same nz), the score's spec (kind, weight, and
+    the mean and sd of reconstruction error and discrepancy on normal validation beats, which standardize them), the
+    validation AUC of every candidate when validation has labelled anomalies, and a threshold chosen anew on the
+    chosen score by the model's own rule; its config records the score settings applied. Also written beside it as
+    score.json. A discrepancy that is not finite on validation beats (a diverged student) leaves the reconstruction
+    error as the score, with a warning and the reason in the spec; training's work is never lost to it.
+    Returns the spec and the threshold."""
     from sibeatgan.files import write_json
     from sibeatgan.metrics import choose_threshold, combine, latent_gap, ranked_metrics, score, standardizer
     from sibeatgan.modelio import load_generator, save_generator
@@ -88,47 +92,61 @@ def choose_score(config: StudentConfig, generator: Path, teacher_g: torch.nn.Mod
     normal = labels == 0
     x = data.val_x.to(rt.device)
     rec = score(gen, x, config.eval_batch_size, rt.device, rt.amp)
-    spec: dict[str, Any] = {"kind": "reconstruction", "chosen_by": "config"}
-    if gen.nz != teacher_g.nz:  # refused in _prepare unless the score is the reconstruction error
-        candidates = {"reconstruction": rec}
-        teacher = None
-    else:
-        gap = latent_gap(gen, teacher_g.encoder, x, config.eval_batch_size, rt.device, rt.amp)
-        rs, gs = standardizer(rec[normal]), standardizer(gap[normal])
-        spec.update(reconstruction_stats=rs, discrepancy_stats=gs)
-        weights = SCORE_WEIGHTS if config.score == "auto" else (config.score_weight,)
-        candidates = {"reconstruction": rec, "discrepancy": gap, **{f"combined@{w:g}": combine(rec, gap, w, rs, gs) for w in weights}}
+    spec: dict[str, Any] = {"kind": "reconstruction", "chosen_by": "validation AUC" if config.score == "auto" else "config"}
+    candidates = {"reconstruction": rec}
+    teacher = None
+    if gen.nz == teacher_g.nz:  # else refused in _prepare unless the score is the reconstruction error
         teacher = teacher_g
+        gap = latent_gap(gen, teacher_g.encoder, x, config.eval_batch_size, rt.device, rt.amp)
+        if np.isfinite(rec[normal]).all() and np.isfinite(gap[normal]).all():
+            rs, gs = standardizer(rec[normal]), standardizer(gap[normal])
+            weights = SCORE_WEIGHTS if config.score == "auto" else (config.score_weight,)
+            spec.update(reconstruction_stats=rs, discrepancy_stats=gs)
+            candidates.update(discrepancy=gap, **{f"combined@{w:g}": combine(rec, gap, w, rs, gs) for w in weights})
+        else:
+            spec["unavailable"] = "reconstruction error or discrepancy not finite on normal validation beats"
     finite = {name: bool(np.isfinite(v).all()) for name, v in candidates.items()}
     if (~normal).any():
         spec["validation_auc"] = {name: ranked_metrics(v, ~normal)["auc"] if finite[name] else None for name, v in candidates.items()}
     if config.score == "auto":
-        ranked = [(auc, name) for name, auc in spec["validation_auc"].items() if auc is not None]
+        ranked = [(auc, name) for name, auc in spec.get("validation_auc", {}).items() if auc is not None]
         chosen = max(ranked, key=lambda t: t[0])[1] if ranked else "reconstruction"  # ties: the first, reconstruction first
-        spec["chosen_by"] = "validation AUC"
     else:
         chosen = f"combined@{config.score_weight:g}" if config.score == "combined" else config.score
+    if chosen not in candidates:
+        log.warning("%s: the %s score cannot be given (%s); the student scores by reconstruction error", path, config.score,
+                    spec.get("unavailable", "no teacher encoder"))
+        chosen = "reconstruction"
     spec["kind"] = chosen.split("@")[0]
     if "discrepancy_stats" in spec:  # the weight of a combination (evaluation may ask for it even when not chosen)
         spec["weight"] = float(chosen.split("@")[1]) if spec["kind"] == "combined" else config.score_weight
-    values = candidates[chosen]
     rule, far = meta.get("threshold_rule", "far"), meta.get("threshold_far") or 0.01
     threshold = None
     if finite[chosen] and (rule != "f1" or not normal.all()):
-        threshold = float(choose_threshold(values, labels, rule, far))
-    meta.update(score=spec, threshold=threshold)
+        threshold = float(choose_threshold(candidates[chosen], labels, rule, far))
+    meta.update(score=spec, threshold=threshold, config={**(meta.get("config") or {}), "score": config.score, "score_weight": config.score_weight})
     save_generator(path, gen, teacher=teacher, **meta)
     write_json(path.parent / "score.json", {**spec, "threshold": threshold, "threshold_rule": rule})
-    log.info("%s: score %s (%s)%s, threshold %s", path, chosen, spec["chosen_by"],
-             f", validation AUC {spec['validation_auc'][chosen]:.4f}" if spec.get("validation_auc") and spec["validation_auc"][chosen] is not None else "",
+    auc = (spec.get("validation_auc") or {}).get(chosen)
+    log.info("%s: score %s (%s)%s, threshold %s", path, chosen, spec["chosen_by"], f", validation AUC {auc:.4f}" if auc is not None else "",
              f"{threshold:.4g}" if threshold is not None else "none")
     return spec, threshold
 
 
-def _with_scores(config: StudentConfig, results: list[dict[str, Any]], teacher_g: torch.nn.Module, data: Any, rt: Any) -> None:
+def _with_scores(config: StudentConfig, results: list[dict[str, Any]], teacher_g: torch.nn.Module, data: Any, rt: Any, out: Path) -> None:
+    """choose_score for every member with a generator; metrics.json then shows each one's score and threshold."""
+    from sibeatgan.files import write_json
+
     for r in results:
         if r.get("generator"):
             r["score"], r["threshold"] = choose_score(config, Path(r["generator"]), teacher_g, data, rt)
+    metrics_path = Path(out) / "metrics.json"
+    if metrics_path.is_file():
+        summary = json.loads(metrics_path.read_text())
+        for row, r in zip(summary.get("members", [summary]), results):
+            if "score" in r:
+                row.update(score=r["score"], threshold=r["threshold"])
+        write_json(metrics_path, summary)
 
 
 def _settings(config: StudentConfig, resume: bool, progress: bool, member_configs: list[dict[str, Any]] | None = None, teacher: str = ""):
@@ -160,13 +178,15 @@ def run_train_student(config: StudentConfig, dataset: Path, teacher: Path, out: 
     log.info("student: %d training beats, %d validation, %s fold %d, teacher %s, init %s, ngf %d, %s", data.train_x.shape[0],
              data.val_x.shape[0], config.split, config.fold, tpath, config.init, config.ngf, rt.describe())
     result = fit(trainer, data, Path(out), _settings(config, resume, progress, teacher=tpath), callbacks, runtime=rt.describe())
-    _with_scores(config, [result], teacher_g, data, rt)
+    _with_scores(config, [result], teacher_g, data, rt, Path(out))
     return result
 
 
 def train_student_group(configs: list[StudentConfig], dataset: Path, teacher: Path, out: Path, callbacks: list[Any] | tuple[Any, ...] = (),
-                        split: Path | None = None, resume: bool = True, progress: bool = False) -> list[dict[str, Any]]:
-    """K students at once (BatchedStudentTrainer), each with its own MEMBER_FIELDS; one result per member."""
+                        split: Path | None = None, resume: bool = True, progress: bool = False, scores: bool = True) -> list[dict[str, Any]]:
+    """K students at once (BatchedStudentTrainer), each with its own MEMBER_FIELDS; one result per member.
+    `scores`: give each member its anomaly score (choose_score); the search's trials skip it (their objective is
+    the loop's validation criterion, and the best config is trained again by train-student)."""
     from sibeatgan.config import replace, to_dict
     from sibeatgan.errors import ConfigError
     from sibeatgan.search import member_results
@@ -185,7 +205,8 @@ def train_student_group(configs: list[StudentConfig], dataset: Path, teacher: Pa
     member_configs = [{name: per[name][k] for name in MEMBER_FIELDS} for k in range(len(configs))]
     settings = _settings(replace(base, **{n: per[n][0] for n in MEMBER_FIELDS}), resume, progress, member_configs, tpath)
     results = member_results(fit(trainer, data, Path(out), settings, callbacks, runtime=rt.describe()))
-    _with_scores(base, results, teacher_g, data, rt)
+    if scores:
+        _with_scores(base, results, teacher_g, data, rt, Path(out))
     return results
 
 
@@ -197,7 +218,7 @@ class StudentGroup:
 
     def __call__(self, configs: list[StudentConfig], out: Path, callbacks: list[Any]) -> list[dict[str, Any]]:
         # a group's folder belongs to its trials: never resumed (a retried trial is a new trial, trained afresh)
-        return train_student_group(configs, self.dataset, self.teacher, out, callbacks, self.split, resume=False)
+        return train_student_group(configs, self.dataset, self.teacher, out, callbacks, self.split, resume=False, scores=False)
 
 
 def run_tune(tune: TuneConfig, student: StudentConfig, dataset: Path, teacher: Path, out: Path, split: Path | None = None,
