@@ -114,6 +114,10 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
 
     p = PROTOCOLS[protocol]
     name = unit_name(protocol, fold, seed)
+    best_path = find_best(protocol, fold, out, *results)
+    if best_path is None:
+        raise SystemExit(f"{name}: no {search_name(protocol, fold)}/best.json in {out} or {', '.join(map(str, results))}; run its search first")
+    student = json.loads(best_path.read_text())["student"]
     work = args.work / name
     shutil.rmtree(work, ignore_errors=True)  # a unit is trained whole or not at all: nothing resumed from another attempt
     timings: dict[str, float] = {}
@@ -121,11 +125,6 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     teacher = run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed,
                                               device=args.device, max_train_beats=args.teacher_max_train_beats), args.dataset, work / "teacher")
     timings["teacher_s"] = time.perf_counter() - t
-
-    best_path = find_best(protocol, fold, out, *results)
-    if best_path is None:
-        raise SystemExit(f"{name}: no {search_name(protocol, fold)}/best.json in {out} or {', '.join(map(str, results))}; run its search first")
-    student = json.loads(best_path.read_text())["student"]
 
     t = time.perf_counter()
     best = replace(StudentConfig(**student), split=p["split"], fold=fold, selection=p["selection"], epochs=args.student_epochs,

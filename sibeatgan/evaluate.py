@@ -22,8 +22,8 @@ from sibeatgan.metrics import bootstrap, choose_threshold, metrics, ranked_metri
 
 if TYPE_CHECKING:
     from sibeatgan.config import EvaluateConfig
-    from sibeatgan.metrics import AnomalyScore
     from sibeatgan.data.artifact import BeatDataset
+    from sibeatgan.metrics import AnomalyScore
 
 log = logging.getLogger(__name__)
 
