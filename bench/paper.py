@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--work", type=Path, default=Path("/tmp/paper-work"), help="model files and checkpoints")
     r.add_argument("--device", default="auto")
     r.add_argument("--budget-s", type=float, default=500.0)
-    r.add_argument("--units", type=int, default=0, help="at most this many units (0: as many as the budget allows)")
+    r.add_argument("--units", type=int, default=0, help="at most this many units, a search counting as one (0: as many as the budget allows)")
     r.add_argument("--assume-s", type=float, default=400.0, help="a unit's seconds until one has been measured on this card")
     r.add_argument("--teacher-epochs", type=int, default=100)
     r.add_argument("--teacher-max-train-beats", type=int, default=None)
