@@ -21,6 +21,54 @@ _CELLS = 4_000_000  # resamples x beats held in memory at once
 _MAX_REDRAW = 100  # a record resample lacking a class is drawn again; give up past 100 redraws per resample on average
 
 
+def _per_beat(
+    who: str,
+    generator: torch.nn.Module,
+    beats: torch.Tensor | np.ndarray,
+    batch_size: int,
+    device: str | torch.device | None,
+    amp: bool,
+    reconstruction: bool = True,
+    teacher_encoder: torch.nn.Module | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One pass over the beats, the models in eval mode on `device`: each beat's mean squared reconstruction error
+    (if `reconstruction`) and, given the teacher's encoder, the mean squared distance between the generator's latent
+    code and the teacher's; (n,) float32 each, None where not asked for. Both from one forward pass of the generator."""
+    param = next(generator.parameters())
+    dev = torch.device(device) if device is not None else param.device
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if param.device != dev:
+        raise ValueError(f"{who}: the generator is on {param.device} but device {dev} was asked for; move it first")
+    x = torch.as_tensor(beats)
+    if not x.is_floating_point() or x.dim() != 3:
+        raise ValueError(f"{who}: beats must be float of shape (n, leads, length), got {x.dtype} {tuple(x.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"{who}: batch_size must be positive, got {batch_size}")
+    rec = torch.empty(x.shape[0], dtype=torch.float32, device=dev) if reconstruction else None
+    gap = torch.empty(x.shape[0], dtype=torch.float32, device=dev) if teacher_encoder is not None else None
+    models = [m for m in (generator, teacher_encoder) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].to(dev, torch.float32, non_blocking=True)
+                rows = slice(start, start + xb.shape[0])
+                if rec is not None:
+                    reconstructed, latent = generator(xb)
+                    rec[rows] = (reconstructed.float() - xb).pow(2).flatten(1).mean(1)
+                else:
+                    latent = generator.encoder(xb)
+                if gap is not None:
+                    gap[rows] = (latent.float() - teacher_encoder(xb).float()).pow(2).flatten(1).mean(1)
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return tuple(None if t is None else t.cpu().numpy() for t in (rec, gap))  # type: ignore[return-value]
+
+
 def score(
     generator: torch.nn.Module,
     beats: torch.Tensor | np.ndarray,
@@ -33,29 +81,7 @@ def score(
     Beats already on `device` are read in place; beats elsewhere are copied there batch by batch, so callers
     that score a whole split (training's validation, run_evaluate) move it to the device once beforehand.
     """
-    param = next(generator.parameters())
-    dev = torch.device(device) if device is not None else param.device
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    if param.device != dev:
-        raise ValueError(f"score: the generator is on {param.device} but device {dev} was asked for; move it first")
-    x = torch.as_tensor(beats)
-    if not x.is_floating_point() or x.dim() != 3:
-        raise ValueError(f"score: beats must be float of shape (n, leads, length), got {x.dtype} {tuple(x.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"score: batch_size must be positive, got {batch_size}")
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=dev)
-    was_training = generator.training
-    generator.eval()
-    try:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(dev, torch.float32, non_blocking=True)
-                rec = generator(xb)[0].float()
-                out[start : start + xb.shape[0]] = (rec - xb).pow(2).flatten(1).mean(1)
-    finally:
-        generator.train(was_training)
-    return out.cpu().numpy()
+    return _per_beat("score", generator, beats, batch_size, device, amp)[0]
 
 
 SCORE_KINDS = ("reconstruction", "discrepancy", "combined")
@@ -73,22 +99,19 @@ def latent_gap(
 
     A student learns to match its teacher on normal beats only, so their disagreement is a score of its own (as
     STPM and Reverse Distillation use it for images). Both run in eval mode on `device`, as `score` does."""
-    dev = next(generator.parameters()).device if device is None else torch.device(device)
-    x = torch.as_tensor(beats)
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=dev)
-    modes = generator.training, teacher_encoder.training
-    generator.eval()
-    teacher_encoder.eval()
-    try:
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(dev, torch.float32, non_blocking=True)
-                diff = generator.encoder(xb).float() - teacher_encoder(xb).float()
-                out[start : start + xb.shape[0]] = diff.pow(2).flatten(1).mean(1)
-    finally:
-        generator.train(modes[0])
-        teacher_encoder.train(modes[1])
-    return out.cpu().numpy()
+    return _per_beat("latent_gap", generator, beats, batch_size, device, amp, reconstruction=False, teacher_encoder=teacher_encoder)[1]
+
+
+def score_and_gap(
+    generator: torch.nn.Module,
+    teacher_encoder: torch.nn.Module,
+    beats: torch.Tensor | np.ndarray,
+    batch_size: int = 4096,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`score` and `latent_gap` of the same beats from one forward pass of the generator."""
+    return _per_beat("score_and_gap", generator, beats, batch_size, device, amp, teacher_encoder=teacher_encoder)  # type: ignore[return-value]
 
 
 def standardizer(values: np.ndarray) -> list[float]:
@@ -139,10 +162,9 @@ class AnomalyScore:
                  amp: bool = False) -> np.ndarray:
         if self.kind == "reconstruction":
             return score(self.generator, beats, batch_size, device, amp)
-        gap = latent_gap(self.generator, self.teacher_encoder, beats, batch_size, device, amp)
         if self.kind == "discrepancy":
-            return gap
-        rec = score(self.generator, beats, batch_size, device, amp)
+            return latent_gap(self.generator, self.teacher_encoder, beats, batch_size, device, amp)
+        rec, gap = score_and_gap(self.generator, self.teacher_encoder, beats, batch_size, device, amp)
         return combine(rec, gap, float(self.spec["weight"]), self.spec["reconstruction_stats"], self.spec["discrepancy_stats"])
 
 

@@ -82,7 +82,7 @@ def choose_score(config: StudentConfig, generator: Path, teacher_g: torch.nn.Mod
     error as the score, with a warning and the reason in the spec; training's work is never lost to it.
     Returns the spec and the threshold."""
     from sibeatgan.files import write_json
-    from sibeatgan.metrics import choose_threshold, combine, latent_gap, ranked_metrics, score, standardizer
+    from sibeatgan.metrics import choose_threshold, combine, ranked_metrics, score, score_and_gap, standardizer
     from sibeatgan.modelio import load_generator, save_generator
 
     path = Path(generator)
@@ -91,13 +91,14 @@ def choose_score(config: StudentConfig, generator: Path, teacher_g: torch.nn.Mod
     labels = data.val_labels
     normal = labels == 0
     x = data.val_x.to(rt.device)
-    rec = score(gen, x, config.eval_batch_size, rt.device, rt.amp)
+    teacher = teacher_g if gen.nz == teacher_g.nz else None  # else refused in _prepare unless the score is the reconstruction error
+    if teacher is None:
+        rec = score(gen, x, config.eval_batch_size, rt.device, rt.amp)
+    else:
+        rec, gap = score_and_gap(gen, teacher_g.encoder, x, config.eval_batch_size, rt.device, rt.amp)
     spec: dict[str, Any] = {"kind": "reconstruction", "chosen_by": "validation AUC" if config.score == "auto" else "config"}
     candidates = {"reconstruction": rec}
-    teacher = None
-    if gen.nz == teacher_g.nz:  # else refused in _prepare unless the score is the reconstruction error
-        teacher = teacher_g
-        gap = latent_gap(gen, teacher_g.encoder, x, config.eval_batch_size, rt.device, rt.amp)
+    if teacher is not None:
         if np.isfinite(rec[normal]).all() and np.isfinite(gap[normal]).all():
             rs, gs = standardizer(rec[normal]), standardizer(gap[normal])
             weights = SCORE_WEIGHTS if config.score == "auto" else (config.score_weight,)
