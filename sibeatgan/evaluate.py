@@ -55,12 +55,11 @@ def _score_split(anomaly: AnomalyScore, ds: BeatDataset, index: np.ndarray, conf
 
 
 def _threshold(meta: dict[str, Any], val_scores: np.ndarray | None, val_labels: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
-    """The operating threshold: the one saved with the model when present (and its own score is the one scored), else
-    chosen on its validation split
+    """The operating threshold: the one saved with the model (val_scores None: the caller scores validation beats only
+    when the model has none for the score being scored), else chosen on its validation split
     (rule "auto": best validation F1 for a model selected by the paper protocol, else config.far false alarms)."""
-    if meta.get("threshold") is not None and val_scores is None:
+    if val_scores is None:
         return {"threshold": float(meta["threshold"]), "source": "model", "rule": meta.get("threshold_rule"), "far": meta.get("threshold_far")}
-    assert val_scores is not None
     rule = config.threshold_rule
     if rule == "auto":  # the paper protocol labels validation anomalies; the clean one does not look at them
         rule = "f1" if meta.get("selection") == "paper" else "far"
