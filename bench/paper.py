@@ -105,12 +105,36 @@ def _keep_eval(src: Path, dst: Path) -> None:
             np.savez_compressed(fh, **arrays)
 
 
+def _teacher(args: argparse.Namespace, protocol: str, fold: int, seed: int, out: Path) -> dict[str, Any]:
+    """A unit's teacher (and a search's): the protocol's split and selection, `--teacher-epochs`, trained afresh."""
+    from sibeatgan.config import TeacherConfig
+    from sibeatgan.train.teacher import run_train_teacher
+
+    p = PROTOCOLS[protocol]
+    return run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed,
+                                           device=args.device, max_train_beats=args.teacher_max_train_beats), args.dataset, out)
+
+
+def _staging(out: Path, name: str) -> Path:
+    """An empty `.name.partial` folder in `out`, where a unit is written before `_publish` puts it in place."""
+    tmp = out / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path, name: str) -> None:
+    """A unit appears whole or not at all: its staging folder renamed into place, over any older copy."""
+    final = out / name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
 def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, results: list[Path], out: Path) -> dict[str, Any]:
-    from sibeatgan.config import EvaluateConfig, StudentConfig, TeacherConfig, replace
+    from sibeatgan.config import EvaluateConfig, StudentConfig, replace
     from sibeatgan.evaluate import run_evaluate
     from sibeatgan.files import write_json
     from sibeatgan.train.distill import train_student_group
-    from sibeatgan.train.teacher import run_train_teacher
 
     p = PROTOCOLS[protocol]
     name = unit_name(protocol, fold, seed)
@@ -122,8 +146,7 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     shutil.rmtree(work, ignore_errors=True)  # a unit is trained whole or not at all: nothing resumed from another attempt
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    teacher = run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed,
-                                              device=args.device, max_train_beats=args.teacher_max_train_beats), args.dataset, work / "teacher")
+    teacher = _teacher(args, protocol, fold, seed, work / "teacher")
     timings["teacher_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -142,8 +165,7 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
             evals[who] = (Path(r["generator"]), "model")
             if r["score"]["kind"] != "reconstruction":  # its reconstruction error too, beside the score it chose
                 evals[f"{who}_reconstruction"] = (Path(r["generator"]), "reconstruction")
-    tmp = out / f".{name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _staging(out, name)
     figures: dict[str, Any] = {}
     for who, (model, kind) in evals.items():
         result = run_evaluate(replace(econf, score=kind), args.dataset, model, work / "eval" / who)
@@ -164,9 +186,7 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
             "student_config": student, "scores": {who: r.get("score", {}).get("kind") for who, r in zip(("student", "control"), trained)},
             "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
     write_json(tmp / "unit.json", unit)
-    final = out / name
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # a unit appears whole or not at all
+    _publish(tmp, out, name)
     log.info("%s %s in %.0f s on %s: %s", name, unit["status"], unit["seconds"], unit["card"],
              ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()))
     return unit
@@ -175,10 +195,9 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
 def run_search(args: argparse.Namespace, protocol: str, fold: int) -> dict[str, Any]:
     """The Optuna search of one fold on a teacher of that fold, seed 0 (trained as a unit's teacher is): best.json and
     the trials in `<protocol>-f<fold>-search/`, which the fold's units read. Validation beats only, never test ones."""
-    from sibeatgan.config import StudentConfig, TeacherConfig, TuneConfig
+    from sibeatgan.config import StudentConfig, TuneConfig
     from sibeatgan.files import write_json
     from sibeatgan.train.distill import run_tune
-    from sibeatgan.train.teacher import run_train_teacher
 
     p = PROTOCOLS[protocol]
     out = args.out or args.results
@@ -187,8 +206,7 @@ def run_search(args: argparse.Namespace, protocol: str, fold: int) -> dict[str, 
     shutil.rmtree(work, ignore_errors=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=0, device=args.device,
-                                    max_train_beats=args.teacher_max_train_beats), args.dataset, work / "teacher")
+    _teacher(args, protocol, fold, 0, work / "teacher")
     timings["teacher_s"] = time.perf_counter() - t
     t = time.perf_counter()
     base = StudentConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.tune_epochs, device=args.device,
@@ -196,9 +214,7 @@ def run_search(args: argparse.Namespace, protocol: str, fold: int) -> dict[str, 
     tuned = run_tune(TuneConfig(n_trials=args.trials, group_size=args.group_size, heartbeat_s=30, grace_s=600), base, args.dataset,
                      work / "teacher", work / "tune")
     timings["tune_s"] = time.perf_counter() - t
-    tmp = out / f".{name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _staging(out, name)
     for f in ("best.json", "summary.json", "trials.csv"):
         if (work / "tune" / f).is_file():
             shutil.copy2(work / "tune" / f, tmp / f)
@@ -206,9 +222,7 @@ def run_search(args: argparse.Namespace, protocol: str, fold: int) -> dict[str, 
               "best": {k: tuned[k] for k in ("trial", "value", "criterion", "params") if k in tuned},
               "args": {k: str(v) for k, v in vars(args).items()}}
     write_json(tmp / "search.json", search)
-    final = out / name
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    _publish(tmp, out, name)
     log.info("%s done in %.0f s on %s: best trial %s, %s %.4f", name, search["seconds"], search["card"],
              search["best"].get("trial"), search["best"].get("criterion"), search["best"].get("value") or float("nan"))
     return search
