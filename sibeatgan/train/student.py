@@ -145,6 +145,7 @@ class StudentTrainer:
     # the teacher's: the training beats held on the device; the step run eagerly or warmed up, captured, replayed
     set_train_data = TeacherTrainer.set_train_data
     _run_step = TeacherTrainer._run_step
+    _load_optimizers = TeacherTrainer._load_optimizers
 
     def views(self, x: torch.Tensor) -> torch.Tensor:
         """Two augmented views of each beat, stacked: (2b, nc, length)."""
@@ -245,13 +246,7 @@ class StudentTrainer:
         self.D.load_state_dict(state["D"])
         self.head.load_state_dict(state["head"])
         self.loss.load_state_dict(state["loss"])
-        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
-            opt.load_state_dict(state[key])
-            for group in opt.param_groups:
-                group["capturable"], group["fused"] = self._capturable, self._fused or None
-            for p, s in opt.state.items():
-                if "step" in s:
-                    s["step"] = s["step"].to(p.device if self._capturable or self._fused else "cpu", torch.float32)
+        self._load_optimizers(state)
         self.perm_gen.set_state(state["perm_rng"])
         self.aug_gen.set_state(state["aug_rng"])
         torch.set_rng_state(state["torch_rng"])

@@ -238,18 +238,23 @@ class TeacherTrainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.rt.device)
         return state
 
+    def _load_optimizers(self, state: dict[str, Any]) -> None:
+        """opt_g and opt_d from `state`, set for this runtime: a checkpoint from a graphed GPU run may land on the CPU,
+        and back (capturable/fused flags and where Adam's step counters live)."""
+        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            opt.load_state_dict(state[key])
+            for group in opt.param_groups:
+                group["capturable"], group["fused"] = self._capturable, self._fused or None
+            for p, s in opt.state.items():
+                if "step" in s:
+                    s["step"] = s["step"].to(p.device if self._capturable or self._fused else "cpu", torch.float32)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._captured:
             raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
-        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
-            opt.load_state_dict(state[key])
-            for group in opt.param_groups:  # a checkpoint from a graphed GPU run may land on the CPU, and back
-                group["capturable"], group["fused"] = self._capturable, self._fused or None
-            for p, s in opt.state.items():
-                if "step" in s:
-                    s["step"] = s["step"].to(p.device if self._capturable or self._fused else "cpu", torch.float32)
+        self._load_optimizers(state)
         try:
             self.perm_gen.set_state(state["perm_rng"])
         except RuntimeError:  # saved by a generator of the other device type: continue with a seed derived from it
