@@ -463,8 +463,9 @@ SECTIONS_BY_CLASS: dict[type, str] = {v: k for k, v in SECTIONS.items()}
 class TrackingConfig(Section):
     """MLflow tracking, registry and promotion (credentials only from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
 
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<output root>/mlruns.db
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/runs/mlflow.db
     experiment: str = "si-beatgan"
+    parent_run_id: str | None = None  # every step's run is nested under it (the pipeline run's own MLflow run)
     retries: int = 3  # sends of the journal at the end of a step before a warning
     http_timeout_s: float = 15.0  # a refused connection fails at once; a busy server gets this long
     model_name: str = "si-beatgan"

@@ -29,10 +29,26 @@ TRIAL_STATES = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _MAX_PARAMS, _MAX_METRICS = 100, 1000  # per log_batch request (MLflow's limits)
 
 
-def tracking_uri(config: Any, out_root: str | Path) -> str:
-    """The configured URI, else the local SQLite store `<out_root>/mlruns.db`."""
-    uri = getattr(config, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path(out_root).resolve() / 'mlruns.db'}"
+STORE_ENV = "MLFLOW_TRACKING_URI"
+
+
+def default_store() -> str:
+    """The one local store every command uses when no URI is configured: `runs/mlflow.db` under the working
+    directory (artifacts beside it in `runs/mlartifacts`); the CLI exports it as $MLFLOW_TRACKING_URI, so the
+    steps, the local pipeline, `promote` and `score` all find the same registry."""
+    return f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
+
+
+def ensure_store(uri: str) -> str:
+    """A local SQLite store's folder exists before MLflow opens it (MLflow creates the file, not its folder)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def tracking_uri(config: Any = None) -> str:
+    """The configured URI (the tracking section), else $MLFLOW_TRACKING_URI, else `default_store()`."""
+    return getattr(config, "tracking_uri", None) or os.environ.get(STORE_ENV) or default_store()
 
 
 def client_env(http_timeout_s: float = 15, http_retries: int = 1) -> None:
@@ -121,6 +137,13 @@ class Tracker:
             t.state.update(run_id=None, sent=0)  # another server: the whole journal goes to a new run
         t._ops = [json.loads(line) for line in t.journal.read_text().splitlines() if line.strip()]
         return t
+
+    @classmethod
+    def attach(cls, local_dir: str | Path, uri: str, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> Tracker:
+        """A started tracker that adds to an existing run (e.g. the study's run, ended after the search)."""
+        t = cls(local_dir, uri, experiment)
+        t.state["run_id"] = run_id
+        return t.start()
 
     def start(self) -> Tracker:
         """Open the journal and try to create the run; a server that is away only delays sending."""
@@ -227,7 +250,7 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = MlflowClient(tracking_uri=ensure_store(self.uri), registry_uri=self.uri)
         return self._client
 
     def _experiment_id(self) -> str:
@@ -341,20 +364,20 @@ def step_tracker(config: Any, out: str | Path, step: str, run_name: str | None =
     """The tracker of a step writing into `out`: journal in `out/tracking/`; params = `params` (the step's typed
     config) when given, else `config`, as `<step>.*`; `config` also gives the URI and experiment."""
     out = Path(out)
-    t = Tracker(out / "tracking", tracking_uri(config, out.parent), getattr(config, "experiment", None) or DEFAULT_EXPERIMENT,
+    t = Tracker(out / "tracking", tracking_uri(config), getattr(config, "experiment", None) or DEFAULT_EXPERIMENT,
                 run_name or step, tags={"step": step, **run_tags(), **{k: str(v) for k, v in (tags or {}).items()}},
-                parent_run_id=parent_run_id)
+                parent_run_id=parent_run_id or getattr(config, "parent_run_id", None))
     t.start()
     t.log_params(flatten(config if params is None else params, f"{step}."))
     return t
 
 
 def study_run(uri: str, local_dir: str | Path, study_name: str, params: dict[str, Any] | None = None,
-              experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, Any] | None = None) -> str | None:
+              experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, Any] | None = None, parent_run_id: str | None = None) -> str | None:
     """The parent run of an Optuna study (create it once, in the process that creates the study, and pass its id
     to the workers, e.g. through `study.set_user_attr("mlflow_run_id", ...)`); None if the server is away."""
-    t = Tracker(local_dir, uri, experiment, run_name=study_name, tags={"optuna.study": study_name, **run_tags(),
-                **{k: str(v) for k, v in (tags or {}).items()}})
+    t = Tracker(local_dir, uri, experiment, run_name=study_name, tags={"optuna.study": study_name, "step": "tune", **run_tags(),
+                **{k: str(v) for k, v in (tags or {}).items()}}, parent_run_id=parent_run_id)
     t.start()
     if params:
         t.log_params(params)

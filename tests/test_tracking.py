@@ -61,11 +61,13 @@ def test_training_loop_drives_the_tracker(small_teacher: dict) -> None:
 
 
 def test_local_sqlite_store_by_default(small_teacher: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No URI: a SQLite store under the output root; the real teacher's epoch rows, files and lineage are logged."""
+    """No URI: the one SQLite store every command uses, runs/mlflow.db under the working directory (not beside each
+    output); the real teacher's epoch rows, files and lineage are logged."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "teacher"
     tracker = step_tracker(TrackingConfig(), out, "train-teacher", tags={"protocol": "beatgan", "device": "cpu"})
-    assert tracker.uri == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
+    assert tracker.uri == f"sqlite:///{tmp_path.resolve() / 'runs' / 'mlflow.db'}"
     summary = json.loads((small_teacher["train"] / "metrics.json").read_text())
     for row in summary["history"]:  # what the training loop's callback receives, epoch by epoch
         tracker.on_epoch_end(row["epoch"], row)

@@ -1,33 +1,22 @@
-"""The KFP pipeline's library side: config for components, the run grid, ROC points, and the local run.
+"""The experiment protocol's pieces the pipeline and the bench scripts share: a step's config from a pipeline's
+parameters, the (fold, seed) grid, the search's config, and the pick of one run among a fan-in's outputs.
 
-Nothing here imports kfp at module import: `run_pipeline_local` imports it (and the pipeline
-definition in `pipelines/`) when called.
+Nothing here imports kfp: components pass their artifacts in, duck-typed (`.path`, `.metadata`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
-import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
-from sibeatgan.errors import ConfigError, SibeatganError
+from sibeatgan.errors import ConfigError
 
-log = logging.getLogger(__name__)
-
-
-class PipelineFailed(SibeatganError):
-    """A task of the local pipeline run failed (a validation gate, bad input, a crash)."""
 C = TypeVar("C")
-ROOT = Path(__file__).resolve().parents[1]
-# glibc settings bench/teacher.md recommends (the Dockerfile sets them too): 2-5x faster large batches on CPUs.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+OPTUNA_STORAGE_ENV = "OPTUNA_STORAGE"  # set from the sibeatgan-optuna secret on a cluster
 
 
 def step_config(cls: type[C], config_yaml: str = "", **overrides: Any) -> C:
@@ -68,7 +57,6 @@ def run_grid(folds: Sequence[Any], seeds: Sequence[Any]) -> list[dict[str, int]]
     return [{"fold": fold, "seed": seed} for seed in s for fold in f]
 
 
-OPTUNA_STORAGE_ENV = "OPTUNA_STORAGE"  # set from the sibeatgan-optuna secret on a cluster
 
 
 def check_search(trials: int, workers: int, members_per_worker: int, tune_epochs: int = 1, student_epochs: int = 1) -> None:
@@ -139,105 +127,86 @@ def evaluation_markdown(result: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
-def _source_tree() -> Path:
-    """`components/` and `pipelines/` sit beside the package in a checkout; make them importable."""
-    if not (ROOT / "pipelines" / "si_beatgan.py").is_file() or not (ROOT / "components").is_dir():
-        raise ConfigError(f"the local pipeline run needs a source checkout: {ROOT} has no pipelines/si_beatgan.py and components/")
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    return ROOT
 
 
-def local_mlflow_uri(out: Path) -> str:
-    """The local run's MLflow store: an absolute SQLite path every task subprocess sees (artifacts go beside it)."""
-    return f"sqlite:///{Path(out).expanduser().resolve() / 'mlflow.db'}"
+def choose_winner(cards: dict[str, Any], comparison: dict[str, Any] | None = None, table: str | Path | None = None) -> dict[str, Any]:
+    """The model to register among the protocol's candidates (name -> ModelCard: `student` and its no-KD `control`),
+    chosen on validation only: each candidate's selection criterion at its selected epoch (validation AUC under the
+    paper protocol, the label-free criterion otherwise), the one value every candidate was selected by. The student
+    must beat its control to win: a tie, or a student whose criterion is missing or not finite (diverged), registers
+    the control. Test figures never enter the choice; `comparison` (the paired test comparison, b = student, a =
+    control) and its `table` are carried along as the evidence a reviewer reads.
+
+    Returns the evidence: winner, candidates, criterion, each one's validation value, the margin (winner minus the
+    other in the criterion's better direction, so positive), and the reason in words."""
+    import math
+
+    from sibeatgan.train.loop import CRITERIA
+
+    if set(cards) != {"student", "control"}:
+        raise ConfigError(f"choose_winner: the candidates are a student and its control, got {sorted(cards)}")
+    criteria = {c.criterion for c in cards.values()}
+    if len(criteria) != 1 or None in criteria:
+        raise ConfigError(f"choose_winner: the candidates were selected by different criteria ({sorted(map(str, criteria))}); "
+                          "they must be trained together, by one protocol")
+    (criterion,) = criteria
+    higher = dict(CRITERIA.values()).get(criterion, True)
+    values = {name: c.validation_metric for name, c in cards.items()}
+    ok = {name: v is not None and math.isfinite(v) for name, v in values.items()}
+    if not ok["control"] and not ok["student"]:
+        raise ConfigError(f"choose_winner: neither candidate has a finite validation {criterion} ({values})")
+    sign = 1.0 if higher else -1.0
+    if not ok["student"]:
+        winner, margin, reason = "control", None, "The student's validation criterion is missing or not finite (diverged)."
+    elif not ok["control"]:
+        winner, margin, reason = "student", None, "The control's validation criterion is missing or not finite (diverged)."
+    else:
+        gain = sign * (values["student"] - values["control"])
+        winner = "student" if gain > 0 else "control"
+        margin = abs(gain)
+        reason = ("Its validation criterion is better than its no-KD control's (the teacher simply trained on for as long)."
+                  if winner == "student" else
+                  "The student did not beat its no-KD control on validation, so distillation is not shown to help here.")
+    evidence: dict[str, Any] = {"winner": winner, "candidates": ["student", "control"], "criterion": criterion,
+                                "higher_is_better": higher, "validation": values, "margin": margin, "reason": reason}
+    if comparison is not None:
+        pooled = comparison.get("pooled", comparison)
+        evidence["test_comparison"] = {k: pooled.get(k) for k in ("delta_auc", "delta_auc_ci", "p_auc", "delta_ap", "delta_ap_ci", "p_ap",
+                                                                  "auc_a", "auc_b", "bootstrap") if k in pooled}
+        evidence["test_comparison"]["delta"] = "student - control"
+    if table is not None:
+        evidence["table"] = str(table)
+    return evidence
 
 
-def _yaml_text(config: Path | None) -> str:
-    if config is None:
-        return ""
-    try:
-        return Path(config).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {config} does not exist") from None
+def pipeline_tracking(config_yaml: str, mlflow_uri: str, kfp_run_id: str = "", **overrides: Any) -> Any:
+    """A pipeline task's TrackingConfig: the `tracking` section of config_yaml and the pipeline's MLflow URI, with the
+    pipeline run's own MLflow run (tagged with `kfp_run_id` by the start-run task) as the parent every step's run nests
+    under; None when the pipeline has no MLflow URI (tracking off)."""
+    from sibeatgan.config import TrackingConfig
+    from sibeatgan.steps.tracked import find_pipeline_run
+
+    if not mlflow_uri:
+        return None
+    tracking = step_config(TrackingConfig, config_yaml, tracking_uri=mlflow_uri, **overrides)
+    if kfp_run_id:
+        parent = find_pipeline_run(tracking, kfp_run_id)
+        if parent:
+            tracking = step_config(TrackingConfig, config_yaml, tracking_uri=mlflow_uri, parent_run_id=parent, **overrides)
+    return tracking
 
 
-def run_pipeline_local(
-    out: Path = Path("runs/pipeline"),
-    source: str | Path | None = None,
-    folds: Sequence[int] = (0,),
-    seeds: Sequence[int] = (0,),
-    epochs: int = 10,
-    config: Path | None = None,
-    records: Sequence[str] = (),
-    device: str = "auto",
-    trials: int = 2,
-    workers: int = 2,
-    members_per_worker: int = 1,
-    tune_epochs: int = 1,
-    student_epochs: int = 2,
-    mlflow_uri: str | None = None,
-    optuna_storage: str | Path | None = None,
-) -> dict[str, Any]:
-    """Run pipelines/si_beatgan.py with kfp.local's SubprocessRunner in this Python environment.
+def checkpoint_key(kind: str, config: Any, dataset_hash: str, *extra: str) -> str:
+    """The folder name of a training's checkpoints on the shared volume: the kind, fold and seed for people, and a hash
+    of what the model is (its config, less the settings a resume may change, the dataset's content hash and, for a
+    student, its teacher) for the machine. A resubmitted run with the same content resumes from there; another config
+    or dataset gets a folder of its own."""
+    import hashlib
+    import json
 
-    With no `source`, the `synth` component writes a synthetic database first and the pipeline ingests
-    it. Accelerators, node selectors, secrets and PVCs are cluster settings the local runner ignores;
-    checkpoints go to OUT/checkpoints, the Optuna workers (one subprocess each) share the journal
-    OUT/optuna/studies.journal (one study per run), and the model is registered in the MLflow store
-    sqlite:///OUT/mlflow.db (artifacts beside it) unless `mlflow_uri` says otherwise. Returns a summary with
-    each teacher's test metrics and the registered version.
-    """
-    from kfp import local
+    from sibeatgan.config import to_dict
+    from sibeatgan.train.distill import RESUMABLE_CHANGES
 
-    _source_tree()
-    from components import synth
-    from pipelines.si_beatgan import si_beatgan
-
-    check_search(trials, workers, members_per_worker, tune_epochs, student_epochs)
-    out = Path(out).expanduser().resolve()
-    config_yaml = _yaml_text(config)
-    for name, value in MALLOC_ENV.items():  # as in the image; each task's subprocess inherits them at start
-        os.environ.setdefault(name, value)
-    for name in ("kfp", "workspace", "checkpoints", "optuna"):
-        (out / name).mkdir(parents=True, exist_ok=True)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(out / "kfp"),
-        workspace_root=str(out / "workspace"),
-    )
-    with warnings.catch_warnings():  # our image has no 'python' in its name; the subprocess runner warns about that
-        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
-        if source is None:
-            made = synth(config_yaml=config_yaml)
-            database = made.outputs["database"]
-            source, records = database.path, list(database.metadata["records"])
-            log.info("pipeline: synthetic database with records %s in %s", ",".join(records), source)
-        # kfp.local does not hand a ParallelFor the defaults of parameters it was not given: give them all.
-        defaults = {name: spec.default for name, spec in si_beatgan.component_spec.inputs.items()}
-        defaults.update(
-            source=str(source), records=list(records), folds=list(folds), seeds=list(seeds), epochs=int(epochs),
-            config_yaml=config_yaml, device=device, checkpoint_root=str(out / "checkpoints"), trials=int(trials),
-            workers=int(workers), members_per_worker=int(members_per_worker), tune_epochs=int(tune_epochs),
-            student_epochs=int(student_epochs), mlflow_uri=mlflow_uri or local_mlflow_uri(out),
-            optuna_storage=str(Path(optuna_storage).expanduser().resolve()) if optuna_storage else str(out / "optuna" / "studies.journal"),
-        )
-        try:
-            run = si_beatgan(**defaults)
-        except RuntimeError as err:  # kfp.local's report of a failed task; the task's own log is above it
-            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-            raise PipelineFailed(f"{plain} (task outputs and logs under {out / 'kfp'})") from None
-    runs = []
-    for metrics in run.outputs["teachers"]:
-        m = {k: (int(v) if k in ("fold", "seed", "n") else v) for k, v in metrics.metadata.items()}
-        runs.append({**m, "metrics": metrics.path})
-    runs.sort(key=lambda r: (r["seed"], r["fold"]))
-    registered = dict(run.outputs["registered"])  # JSON numbers come back as floats
-    registered.update(version=int(registered["version"]), fold=int(registered["fold"]))
-    uri = defaults["mlflow_uri"]
-    registered.update(tracking_uri=uri, ui=f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri)
-    summary = {"source": str(source), "records": list(records), "out": str(out), "runs": runs, "registered": registered}
-    from sibeatgan.files import write_json
-
-    write_json(out / "summary.json", summary)
-    return summary
+    conf = {k: v for k, v in to_dict(config).items() if k not in RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps([kind, conf, dataset_hash, *extra], sort_keys=True, default=str).encode()).hexdigest()
+    return f"{kind}-f{conf.get('fold', 0)}-s{conf.get('seed', 0)}-{digest[:16]}"
