@@ -108,7 +108,7 @@ def _keep_eval(src: Path, dst: Path) -> None:
 def _teacher(args: argparse.Namespace, protocol: str, fold: int, seed: int, out: Path) -> dict[str, Any]:
     """A unit's teacher (and a search's): the protocol's split and selection, `--teacher-epochs`, trained afresh."""
     from sibeatgan.config import TeacherConfig
-    from sibeatgan.train.teacher import run_train_teacher
+    from sibeatgan.steps.train import run_train_teacher
 
     p = PROTOCOLS[protocol]
     return run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed,
@@ -131,10 +131,12 @@ def _publish(tmp: Path, out: Path, name: str) -> None:
 
 
 def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, results: list[Path], out: Path) -> dict[str, Any]:
+    """One unit: its teacher, then the shared protocol (sibeatgan.steps.protocol.run_protocol): the best student and its
+    control as one batched group, every model evaluated on the unit's test beats (and by its reconstruction error where
+    it chose another score), the winner on validation."""
     from sibeatgan.config import EvaluateConfig, StudentConfig, replace
-    from sibeatgan.evaluate import run_evaluate
     from sibeatgan.files import write_json
-    from sibeatgan.train.distill import train_student_group
+    from sibeatgan.steps.protocol import run_protocol
 
     p = PROTOCOLS[protocol]
     name = unit_name(protocol, fold, seed)
@@ -152,43 +154,32 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     t = time.perf_counter()
     best = replace(StudentConfig(**student), split=p["split"], fold=fold, selection=p["selection"], epochs=args.student_epochs,
                    max_train_beats=args.student_max_train_beats, device=args.device, seed=seed, score=p["score"])
-    members = [best, replace(best, alpha=0.0, beta=0.0)]
-    trained = train_student_group(members, args.dataset, work / "teacher", work / "students")
-    timings["students_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    econf = EvaluateConfig(split=p["split"], device=args.device, n_bootstrap=args.eval_bootstrap, plots=False)
-    evals = {"teacher": (Path(teacher["generator"]), "model")}
-    failed = [who for who, r in zip(("student", "control"), trained) if not r.get("generator")]
-    for who, r in zip(("student", "control"), trained):
-        if r.get("generator"):  # a member with no finite validation epoch has no model: the unit is recorded as failed
-            evals[who] = (Path(r["generator"]), "model")
-            if r["score"]["kind"] != "reconstruction":  # its reconstruction error too, beside the score it chose
-                evals[f"{who}_reconstruction"] = (Path(r["generator"]), "reconstruction")
+    result = run_protocol(best, args.dataset, work / "teacher", work, evaluate=EvaluateConfig(split=p["split"], device=args.device,
+                          n_bootstrap=args.eval_bootstrap, plots=False), extra_scores=("reconstruction",), extra_for=("student", "control"))
+    timings["protocol_s"] = time.perf_counter() - t
+    trained = result["trained"]
+    failed = [who for who in ("student", "control") if not trained[who].get("generator")]
     tmp = _staging(out, name)
     figures: dict[str, Any] = {}
-    for who, (model, kind) in evals.items():
-        result = run_evaluate(replace(econf, score=kind), args.dataset, model, work / "eval" / who)
-        _keep_eval(work / "eval" / who, tmp / "eval" / who)
-        f = result["folds"][str(fold)]
-        figures[who] = {"auc": f["auc"], "ap": f["ap"], "auc_ci": f.get("auc_ci"), "f1_at_threshold": f["operating"]["f1"],
-                        "score": f.get("score"), "n": f["n"]}
-    timings["evaluate_s"] = time.perf_counter() - t
-    for who, folder in (("teacher", work / "teacher"), ("students", work / "students")):
+    for who, folder in result["evaluations"].items():  # `student@reconstruction` is kept as eval/student_reconstruction
+        kept = who.replace("@", "_")
+        _keep_eval(Path(folder), tmp / "eval" / kept)
+        figures[kept] = {k: result["figures"][who][k] for k in ("auc", "ap", "auc_ci", "f1_at_threshold", "score", "n")}
+    for who, folder in (("teacher", work / "teacher"), ("students", work / "candidates")):
         for f in folder.rglob("*.json"):
-            if f.name in ("metrics.json", "score.json"):
+            if f.name in ("metrics.json", "score.json", "model_card.json"):
                 target = tmp / "train" / who / f.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, target)
     unit = {"unit": name, "status": f"failed ({', '.join(failed)}: no model selected)" if failed else "done",
             "protocol": protocol, "split": p["split"], "selection": p["selection"], "fold": fold, "seed": seed,
             "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures, "best": str(best_path),
-            "student_config": student, "scores": {who: r.get("score", {}).get("kind") for who, r in zip(("student", "control"), trained)},
-            "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
+            "student_config": student, "scores": {who: (trained[who].get("score") or {}).get("kind") for who in ("student", "control")},
+            "winner": result["winner"], "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
     write_json(tmp / "unit.json", unit)
     _publish(tmp, out, name)
-    log.info("%s %s in %.0f s on %s: %s", name, unit["status"], unit["seconds"], unit["card"],
-             ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()))
+    log.info("%s %s in %.0f s on %s: %s; %s wins on validation", name, unit["status"], unit["seconds"], unit["card"],
+             ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()), result["winner"]["winner"])
     return unit
 
 
@@ -197,7 +188,7 @@ def run_search(args: argparse.Namespace, protocol: str, fold: int) -> dict[str, 
     the trials in `<protocol>-f<fold>-search/`, which the fold's units read. Validation beats only, never test ones."""
     from sibeatgan.config import StudentConfig, TuneConfig
     from sibeatgan.files import write_json
-    from sibeatgan.train.distill import run_tune
+    from sibeatgan.steps.tune import run_tune
 
     p = PROTOCOLS[protocol]
     out = args.out or args.results

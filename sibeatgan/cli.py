@@ -440,6 +440,25 @@ def main() -> None:
 
 
 
+checkpoints_app = typer.Typer(help="Training checkpoints on a shared volume (the pipeline's checkpoint_root).", no_args_is_help=True)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@checkpoints_app.command("prune")
+def checkpoints_prune(
+    root: Path = typer.Argument(..., help="The checkpoint root (the pipeline's checkpoint_root)."),
+    older_than_days: float = typer.Option(30.0, "--older-than-days", help="Remove training folders untouched this long."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+) -> None:
+    """Remove old content-keyed training folders (a resubmitted run with the same config and data resumes from its own)."""
+    from sibeatgan.steps.protocol import prune_checkpoints
+
+    removed = prune_checkpoints(root, older_than_days, dry_run)
+    for folder in removed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {folder}")
+    typer.echo(f"{len(removed)} training folder(s) older than {older_than_days:g} days {'found' if dry_run else 'removed'} in {root}")
+
+
 @app.command()
 def compare(
     a: list[Path] = typer.Option(..., "--a", help="Evaluation folder of model a (from `sibeatgan evaluate`); repeat for seeds."),

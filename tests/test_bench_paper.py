@@ -45,9 +45,10 @@ def test_units_run_in_chunks_and_are_summarized(dataset, tmp_path):
     best = json.loads((out / "beatgan-f0-search" / "best.json").read_text())["student"]
     unit = json.loads((out / "beatgan-f0-s0" / "unit.json").read_text())
     assert unit["status"] == "done" and unit["student_config"] == best and unit["card"] == "cpu"
-    assert set(unit["timings"]) >= {"teacher_s", "students_s", "evaluate_s"} and set(unit["figures"]) >= {"teacher", "student", "control"}
+    assert set(unit["timings"]) >= {"teacher_s", "protocol_s"} and set(unit["figures"]) >= {"teacher", "student", "control"}
+    assert unit["winner"]["winner"] in ("student", "control") and unit["winner"]["candidates"] == ["student", "control"]
     # the BeatGAN protocol picks each model's score on validation; the reconstruction error is evaluated beside another choice
-    score = json.loads((out / "beatgan-f0-s0" / "train" / "students" / "member_0" / "score.json").read_text())
+    score = json.loads((out / "beatgan-f0-s0" / "train" / "students" / "student" / "score.json").read_text())
     assert score["chosen_by"] == "validation AUC" and unit["scores"]["student"] == score["kind"]
     assert ("student_reconstruction" in unit["figures"]) == (score["kind"] != "reconstruction")
     for who in ("teacher", "student", "control"):

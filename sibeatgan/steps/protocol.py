@@ -13,7 +13,7 @@ from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
-from sibeatgan.errors import ConfigError
+from sibeatgan.errors import ConfigError, SibeatganError
 
 C = TypeVar("C")
 OPTUNA_STORAGE_ENV = "OPTUNA_STORAGE"  # set from the sibeatgan-optuna secret on a cluster
@@ -129,6 +129,29 @@ def evaluation_markdown(result: dict[str, Any], title: str) -> str:
 
 
 
+def prune_checkpoints(root: Path, older_than_days: float, dry_run: bool = False) -> list[Path]:
+    """Remove the training folders under `root` (content-keyed checkpoints, `checkpoint_key`) not written to for
+    `older_than_days` days; returns what was (or, with `dry_run`, would be) removed. Only folders holding a
+    checkpoint.pt are touched."""
+    import shutil
+    import time
+
+    if older_than_days < 0:
+        raise ConfigError(f"older_than_days: {older_than_days} is negative")
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder")
+    cutoff = time.time() - older_than_days * 86400
+    removed = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / "checkpoint.pt").is_file()):
+        newest = max(f.stat().st_mtime for f in folder.rglob("*") if f.is_file())
+        if newest < cutoff:
+            removed.append(folder)
+            if not dry_run:
+                shutil.rmtree(folder)
+    return removed
+
+
 def choose_winner(cards: dict[str, Any], comparison: dict[str, Any] | None = None, table: str | Path | None = None) -> dict[str, Any]:
     """The model to register among the protocol's candidates (name -> ModelCard: `student` and its no-KD `control`),
     chosen on validation only: each candidate's selection criterion at its selected epoch (validation AUC under the
@@ -145,14 +168,17 @@ def choose_winner(cards: dict[str, Any], comparison: dict[str, Any] | None = Non
 
     if set(cards) != {"student", "control"}:
         raise ConfigError(f"choose_winner: the candidates are a student and its control, got {sorted(cards)}")
-    criteria = {c.criterion for c in cards.values()}
+    cards = {name: list(c) if isinstance(c, (list, tuple)) else [c] for name, c in cards.items()}  # one card per seed
+    criteria = {c.criterion for cs in cards.values() for c in cs}
     if len(criteria) != 1 or None in criteria:
         raise ConfigError(f"choose_winner: the candidates were selected by different criteria ({sorted(map(str, criteria))}); "
                           "they must be trained together, by one protocol")
     (criterion,) = criteria
     higher = dict(CRITERIA.values()).get(criterion, True)
-    values = {name: c.validation_metric for name, c in cards.items()}
-    ok = {name: v is not None and math.isfinite(v) for name, v in values.items()}
+    # over seeds, the mean; a seed without a finite value (diverged, no model) makes the candidate's value missing
+    per_seed = {name: [c.validation_metric for c in cs] for name, cs in cards.items()}
+    ok = {name: all(v is not None and math.isfinite(v) for v in vs) for name, vs in per_seed.items()}
+    values = {name: (sum(vs) / len(vs) if ok[name] else None) for name, vs in per_seed.items()}
     if not ok["control"] and not ok["student"]:
         raise ConfigError(f"choose_winner: neither candidate has a finite validation {criterion} ({values})")
     sign = 1.0 if higher else -1.0
@@ -169,6 +195,8 @@ def choose_winner(cards: dict[str, Any], comparison: dict[str, Any] | None = Non
                   "The student did not beat its no-KD control on validation, so distillation is not shown to help here.")
     evidence: dict[str, Any] = {"winner": winner, "candidates": ["student", "control"], "criterion": criterion,
                                 "higher_is_better": higher, "validation": values, "margin": margin, "reason": reason}
+    if any(len(vs) > 1 for vs in per_seed.values()):
+        evidence["validation_per_seed"] = per_seed
     if comparison is not None:
         pooled = comparison.get("pooled", comparison)
         evidence["test_comparison"] = {k: pooled.get(k) for k in ("delta_auc", "delta_auc_ci", "p_auc", "delta_ap", "delta_ap_ci", "p_ap",
@@ -210,3 +238,73 @@ def checkpoint_key(kind: str, config: Any, dataset_hash: str, *extra: str) -> st
     conf = {k: v for k, v in to_dict(config).items() if k not in RESUMABLE_CHANGES}
     digest = hashlib.sha256(json.dumps([kind, conf, dataset_hash, *extra], sort_keys=True, default=str).encode()).hexdigest()
     return f"{kind}-f{conf.get('fold', 0)}-s{conf.get('seed', 0)}-{digest[:16]}"
+
+
+def run_protocol(best: Any, dataset: Path, teacher: Path, out: Path, seeds: Sequence[int] | None = None, evaluate: Any = None,
+                 compare: Any = None, tracking: Any = None, extra_scores: Sequence[str] = (), extra_for: Sequence[str] = ("student",),
+                 resume: bool = True) -> dict[str, Any]:
+    """The experiment protocol after the search, once for the pipeline's pieces and the bench scripts alike: the student
+    of `best` and its no-KD control trained together from `teacher` (for `best`'s seed, or each of `seeds`); the
+    teacher and every candidate evaluated on the same test beats (each with its own score, and those of `extra_for` also
+    with each of `extra_scores` other than their own, as `<name>@<score>`); paired comparisons pooled over seeds (student vs teacher, student vs control, control vs
+    teacher; with each extra score, its student vs teacher and vs control); the winner on validation (`choose_winner`).
+    A candidate with no model (no finite validation epoch) is evaluated nowhere and counts against it in the choice.
+    Writes under `out`: candidates/, eval/<name>/, compare/<name>/, winner.json. Returns all of it."""
+    from sibeatgan.card import read_card
+    from sibeatgan.config import EvaluateConfig, replace
+    from sibeatgan.files import write_json
+    from sibeatgan.steps.evaluate import run_compare_step, run_evaluate_step
+    from sibeatgan.steps.train import run_train_candidates
+
+    out = Path(out)
+    econf = evaluate or EvaluateConfig(split=best.split, device=best.device, plots=False)
+    cconf = compare or econf
+    trained = run_train_candidates(best, dataset, teacher, out / "candidates", tracking, resume=resume, seeds=seeds)
+    teacher_file = Path(teacher) / "generator.pt" if Path(teacher).is_dir() else Path(teacher)
+    evals = {"teacher": out / "eval" / "teacher"}
+    figures: dict[str, Any] = {}
+
+    def scored(name: str, model: Path, kind: str = "model") -> None:
+        result = run_evaluate_step(replace(econf, score=kind), dataset, model, evals[name], tracking, run_name=f"evaluate-{name}")
+        f = next(iter(result["folds"].values()))
+        figures[name] = {"auc": f["auc"], "ap": f["ap"], "auc_ci": f.get("auc_ci"), "f1_at_threshold": f["operating"]["f1"],
+                         "f1_oracle": f["f1_oracle"], "score": f.get("score"), "n": f["n"]}
+
+    scored("teacher", teacher_file)
+    for name, r in trained.items():
+        if r.get("generator"):
+            evals[name] = out / "eval" / name
+            scored(name, Path(r["generator"]))
+            if name.split("-")[0] in extra_for:
+                own = (r.get("score") or {}).get("kind", "reconstruction")
+                for kind in (k for k in extra_scores if k != own):
+                    evals[f"{name}@{kind}"] = out / "eval" / f"{name}@{kind}"
+                    scored(f"{name}@{kind}", Path(r["generator"]), kind)
+    suffixes = [""] if seeds is None else [f"-s{s}" for s in seeds]
+    sides = {"teacher": [evals["teacher"]] * len(suffixes)}
+    for who in ("student", "control", *(f"student@{k}" for k in extra_scores)):
+        base, _, kind = who.partition("@")
+        names = [f"{base}{sfx}" + (f"@{kind}" if kind else "") for sfx in suffixes]
+        if all(n in evals for n in names):
+            sides[who] = [evals[n] for n in names]
+    pairs = [("student", "teacher"), ("student", "control"), ("control", "teacher")]
+    pairs += [(f"student@{k}", other) for k in extra_scores for other in ("teacher", "control")]
+    comparisons: dict[str, Any] = {}
+    for b, a in pairs:
+        name = f"{b.replace('@', '_')}_vs_{a}"
+        if a in sides and b in sides:
+            comparisons[name] = run_compare_step(cconf, dataset, sides[a], sides[b], out / "compare" / name, tracking, run_name=f"compare-{name}")
+        else:
+            comparisons[name] = {"skipped": f"no model for {b if b not in sides else a} (no finite validation epoch)"}
+    found = {name: read_card(r["folder"]) for name, r in trained.items() if r.get("generator")}
+    if not found:
+        raise SibeatganError(f"{out}: no candidate has a model (no finite validation epoch for any of {', '.join(trained)})")
+    any_card = next(iter(found.values()))  # a candidate without a model: its criterion, no value (it lost)
+    cards = {who: [found.get(f"{who}{sfx}", any_card.model_copy(update={"validation_metric": None})) for sfx in suffixes]
+             for who in ("student", "control")}
+    versus = comparisons["student_vs_control"]
+    winner = choose_winner(cards, versus if "pooled" in versus else None,
+                           out / "compare" / "student_vs_control" / "table.txt" if "pooled" in versus else None)
+    write_json(out / "winner.json", winner)
+    return {"trained": trained, "evaluations": {k: str(v) for k, v in evals.items()}, "figures": figures, "comparisons": comparisons,
+            "winner": winner}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from sibeatgan.config import StudentConfig, TeacherConfig, TrackingConfig, replace
+from sibeatgan.files import write_json
 from sibeatgan.steps.tracked import StepRun, step_runs, tracked
 
 MODEL_FILES = ("metrics.json", "model_card.json", "score.json")
@@ -66,32 +67,37 @@ class MemberRuns:
             run.finish(MODEL_FILES, status)
 
 
+def candidate_configs(best: StudentConfig, seeds: Sequence[int] | None = None) -> dict[str, StudentConfig]:
+    """The protocol's candidates: the student of `best` and its no-KD control, for `best`'s seed (named `student` and
+    `control`) or for each of `seeds` (`student-s<seed>`, ..., then `control-s<seed>`, ...)."""
+    if seeds is None:
+        return {"student": best, "control": control_of(best)}
+    students = {f"student-s{s}": replace(best, seed=int(s)) for s in seeds}
+    return students | {f"control-s{s}": control_of(replace(best, seed=int(s))) for s in seeds}
+
+
 def run_train_candidates(best: StudentConfig, dataset: Path, teacher: Path, out: Path, tracking: TrackingConfig | None = None,
-                         split: Path | None = None, resume: bool = True) -> dict[str, dict[str, Any]]:
-    """The protocol's candidates from one teacher: the student of `best` (the search's winner) and its no-KD control,
-    trained as one batched group (the same init, epochs, training beats, data order and seed), each written as a model
-    folder of its own, `out/student` and `out/control` (generator.pt, model_card.json, metrics.json, score.json).
-    Returns {name: the member's training result, with `folder`}."""
+                         split: Path | None = None, resume: bool = True, seeds: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """The protocol's candidates from one teacher (`candidate_configs`): the student of `best` (the search's winner) and
+    its no-KD control, trained as one batched group (the same init, epochs, training beats, data order and seed), each
+    written as a model folder of its own, `out/<name>` (generator.pt, model_card.json, metrics.json, score.json), each
+    its own MLflow run with `tracking`. Returns {name: the member's training result, with `folder` and `generator`
+    (None for a member with no finite validation epoch)}."""
     from sibeatgan.config import to_dict
-    from sibeatgan.files import write_json
     from sibeatgan.train.distill import train_student_group
 
     out = Path(out)
-    members = {"student": best, "control": control_of(best)}
-    runs = [StepRun(tracking, "train-student", out / name, f"{name}-f{c.fold}-s{c.seed}", protocol=c.split, device=c.device,
-                    fold=c.fold, seed=c.seed, kind=name) for name, c in members.items()] if tracking is not None else []
+    members = candidate_configs(best, seeds)
+    runs = [StepRun(tracking, "train-student", out / name, f"{name.split('-')[0]}-f{c.fold}-s{c.seed}", protocol=c.split,
+                    device=c.device, fold=c.fold, seed=c.seed, kind=name.split("-")[0]) for name, c in members.items()] if tracking else []
     callbacks = [MemberRuns(runs, [to_dict(c) for c in members.values()])] if runs else []
     for name in members:  # each member's run journal lives in its own model folder
         (out / name).mkdir(parents=True, exist_ok=True)
     group = out / "group"
-
-    def train(cbs: list[Any]) -> list[dict[str, Any]]:
-        return train_student_group(list(members.values()), dataset, teacher, group, cbs, split, resume=resume)
-
     results: list[dict[str, Any]] = []
 
     def train_and_place(cbs: list[Any]) -> dict[str, Any]:
-        results.extend(train(cbs))
+        results.extend(train_student_group(list(members.values()), dataset, teacher, group, cbs, split, resume=resume))
         rows = json.loads((group / "metrics.json").read_text())
         rows = rows.get("members", [rows])
         for k, name in enumerate(members):  # before the runs end, so each logs its own model folder's files
