@@ -110,6 +110,8 @@ def test_pipeline_run_end_to_end_and_what_mlflow_shows(tmp_path: Path) -> None:
     logged = {a.path for a in client.list_artifacts(staging.run_id, "evaluation")}
     assert {"evaluation/model_card.json", "evaluation/evidence.json", "evaluation/comparison.txt"} <= logged
 
+    _ui_shows_the_runs(uri, tmp_path, experiment.experiment_id, parent.info.run_id, staging.version)
+
     # No search: the teacher is registered and staging moves to it, in the same store.
     again, _ = _run(tmp_path, TINY, "--trials", "0")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -145,3 +147,47 @@ def test_failing_gate_stops_the_run_before_training(tmp_path: Path) -> None:
     assert list((tmp_path / "run" / "kfp").glob("si-beatgan-*/validate-records")), "the gate ran"
     assert not list((tmp_path / "run" / "kfp").rglob("train-teacher")), "no training after a failed gate"
     assert not list((tmp_path / "run" / "kfp").rglob("preprocess"))
+
+
+def _ui_shows_the_runs(uri: str, tmp_path: Path, experiment_id: str, parent_id: str, version: str) -> None:
+    """`mlflow ui` on the store the run wrote, in headless Chromium: the parent run with its step runs nested under it, and
+    the registered version with its winner tag."""
+    import shutil
+
+    from tests.services import _stop, _wait_http, free_port
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    if chromium is None:
+        pytest.skip("no Chromium binary (apt-get install chromium)")
+    port, log = free_port(), tmp_path / "ui.log"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url, 120, proc, log)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+                page.set_default_timeout(90_000)
+                body = page.locator("body")
+                page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent_id}")  # its child runs are listed on it
+                for text in ("registered_version", "teacher-f0-s0", "student-f0-s0", "control-f0-s0", "compare-student-vs-control"):
+                    sync_api.expect(body).to_contain_text(text, timeout=90_000)
+                page.screenshot(path=str(tmp_path / "parent.png"), full_page=True)
+                page.goto(f"{url}/#/experiments/{experiment_id}/runs")
+                for text in ("Training runs", "matching runs"):  # opened as a model-training experiment, not a GenAI one
+                    sync_api.expect(body).to_contain_text(text, timeout=90_000)
+                page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
+                page.goto(f"{url}/#/models/si-beatgan/versions/{version}")
+                for text in ("winner", "margin", "staging"):
+                    sync_api.expect(body).to_contain_text(text, timeout=90_000)
+                page.screenshot(path=str(tmp_path / "version.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        _stop(proc)
+    for shot in ("parent.png", "runs.png", "version.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000
