@@ -189,7 +189,8 @@ def run_epoch(trainer: StepTrainer, on_step: Callable[[int, int], None] | None =
 
 
 class Trainer(Protocol):
-    """What `fit` needs of a trainer; `members` models are trained at once (1 for a single model)."""
+    """What `fit` needs of a trainer; `members` models are trained at once (1 for a single model). A StepTrainer is one
+    (its `train_epoch` is `run_epoch`); so is SequentialMembers, which runs `run_epoch` for each of its trainers."""
 
     members: int
     loss_names: tuple[str, ...]
