@@ -39,45 +39,6 @@ class PromotionRefused(RegistryError):
     """The gate said no, or another promotion won the race; nothing was moved."""
 
 
-def paired_compare(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_bootstrap: int = 1000,
-                   seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
-    """Model b against model a on the same beats: AUC/AP of each, delta = b - a with a record-level paired
-    bootstrap interval and two-sided p-value. Uses sibeatgan.metrics.paired_compare when it exists; this
-    minimal fallback has the same signature and keys."""
-    try:
-        from sibeatgan.metrics import paired_compare as shared  # type: ignore[import-not-found]
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(scores_a, scores_b, labels, groups, n_bootstrap=n_bootstrap, seed=seed, ci=ci)
-    from sibeatgan.metrics import ranked_metrics
-
-    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
-    positive, groups = np.asarray(labels) != 0, np.asarray(groups)
-    if not (a.shape == b.shape == positive.shape == groups.shape):
-        raise ValueError(f"paired_compare: shapes differ: {a.shape}, {b.shape}, {positive.shape}, {groups.shape}")
-    ma, mb = ranked_metrics(a, positive), ranked_metrics(b, positive)
-    names, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
-    rng = np.random.default_rng(seed)
-    deltas = np.full((n_bootstrap, 2), np.nan)
-    for i in range(n_bootstrap):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
-        pos = positive[idx]
-        if pos.all() or not pos.any():
-            continue
-        ra, rb = ranked_metrics(a[idx], pos), ranked_metrics(b[idx], pos)
-        deltas[i] = rb["auc"] - ra["auc"], rb["ap"] - ra["ap"]
-    lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
-    out: dict[str, Any] = {"auc_a": ma["auc"], "auc_b": mb["auc"], "ap_a": ma["ap"], "ap_b": mb["ap"],
-                           "delta_auc": mb["auc"] - ma["auc"], "delta_ap": mb["ap"] - ma["ap"], "n": int(a.shape[0]), "n_groups": len(names)}
-    for j, key in enumerate(("auc", "ap")):
-        d = deltas[:, j][np.isfinite(deltas[:, j])]
-        out[f"delta_{key}_ci"] = [float(np.percentile(d, lo)), float(np.percentile(d, hi))] if d.size else [float("nan")] * 2
-        out[f"p_{key}"] = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if d.size else float("nan")
-    return out
-
-
 def _client(uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
@@ -280,6 +241,8 @@ def gate(client: Any, candidate: Any, current: Any, n_bootstrap: int = 1000, alp
         a, b = _scores(client, current, tmp + "/a"), _scores(client, candidate, tmp + "/b")
     if not np.array_equal(a["index"], b["index"]) or not np.array_equal(a["labels"], b["labels"]):
         raise PromotionRefused(f"versions {current.version} and {candidate.version} stored scores of different test beats")
+    from sibeatgan.metrics import paired_compare
+
     cmp = paired_compare(a["scores"], b["scores"], a["labels"], a["records"], n_bootstrap=n_bootstrap, seed=seed)
     cmp["worse"] = bool(cmp["delta_auc"] < 0 and cmp["p_auc"] < alpha)
     cmp["alpha"] = alpha

@@ -159,7 +159,7 @@ def _settings(config: StudentConfig, resume: bool, progress: bool, member_config
 
 def _common(config: StudentConfig) -> dict[str, Any]:
     return dict(ngf=config.ngf, ndf=config.ndf, kd=config.kd_target, kd_direction=config.kd_direction, betas=(config.beta1, config.beta2),
-                batch_size=config.batch_size)
+                batch_size=config.batch_size, augment_config=config.augment)
 
 
 def run_train_student(config: StudentConfig, dataset: Path, teacher: Path, out: Path, resume: bool = True, progress: bool = False,
