@@ -465,16 +465,17 @@ def compare(
     b: list[Path] = typer.Option(..., "--b", help="Evaluation folder of model b, one per --a, paired in order."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for compare.json and table.txt."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Beat dataset both were evaluated on (checked when given)."),
+    level: str = typer.Option("auto", "--level", help="Bootstrap level: auto (unit+record with several seeds/folds), unit+record, record."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     track: bool = TrackOpt,
 ) -> None:
-    """Paired comparison b - a of AUC and AP on identical test beats, with record-level bootstrap intervals and p-values."""
+    """Paired comparison b - a of AUC and AP on identical test beats; intervals resample patients, and trained pairs when several."""
     from sibeatgan.compare import format_compare_table
     from sibeatgan.steps.evaluate import run_compare_step
 
     t = time.perf_counter()
-    result = run_compare_step(_config(cfg.EvaluateConfig, config, set_), dataset, a, b, out, _tracking(track, config))
+    result = run_compare_step(_config(cfg.EvaluateConfig, config, set_), dataset, a, b, out, _tracking(track, config), level=level)
     typer.echo(format_compare_table(result))
     _done("compare", t, {}, ())
 

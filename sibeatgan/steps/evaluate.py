@@ -37,13 +37,13 @@ def run_evaluate_step(config: EvaluateConfig, dataset: Path, model: dict[int, Pa
 
 
 def run_compare_step(config: EvaluateConfig, dataset: Path | None, a: Path | Sequence[Path], b: Path | Sequence[Path], out: Path,
-                     tracking: TrackingConfig | None = None, run_name: str | None = None, **tags: Any) -> dict[str, Any]:
-    """sibeatgan.compare.run_compare (b - a, paired on the same beats), then its MLflow run: the pooled deltas, their
-    intervals and p-values, and the comparison table."""
+                     tracking: TrackingConfig | None = None, run_name: str | None = None, level: str = "auto", **tags: Any) -> dict[str, Any]:
+    """sibeatgan.compare.run_compare (b - a, paired on the same beats; `level`: the bootstrap's, see there), then its MLflow
+    run: the pooled deltas, their intervals and p-values, and the comparison table."""
     from sibeatgan.compare import run_compare
 
     out = Path(out)
-    result = run_compare(config, dataset, a, b, out)
+    result = run_compare(config, dataset, a, b, out, level=level)
     pooled = result["pooled"]
     figures = {k: float(pooled[k]) for k in ("auc_a", "auc_b", "delta_auc", "p_auc", "ap_a", "ap_b", "delta_ap", "p_ap")
                if pooled.get(k) is not None}
