@@ -39,6 +39,8 @@ def _tracking(track: bool, config_path: Optional[Path]) -> Any:
 
     return tracking_config(config_path) if track else None
 
+_debug = False  # --debug: a failure's traceback too
+
 # Output folders this command is about to create (see `_track_out`); main() removes them, if empty, after a failure.
 _fresh_outs: list[Path] = []
 
@@ -80,9 +82,12 @@ def _done(step: str, started: float, result: dict[str, Any], keys: tuple[str, ..
 @app.callback()
 def _main(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of a failure, not only its one-line cause."),
 ) -> None:
     """Every command uses one MLflow store: $MLFLOW_TRACKING_URI when set, else runs/mlflow.db under the working
     directory (where `python -m pipelines.local` registers its winner), so `promote` and `score` find what a run wrote."""
+    global _debug
+    _debug = debug
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -417,26 +422,58 @@ def track_sync(
 
 
 def main() -> None:
-    """Entry point: clear one-line errors for bad input instead of tracebacks; a failed command
-    removes the --out folder it created if nothing was written into it."""
+    """Entry point: one line instead of a traceback for bad input (exit 2) and for failures of a server, credentials or
+    the disk (exit 3; `--debug` adds the traceback); SIGTERM unwinds like Ctrl-C (workers stopped, temp files removed,
+    exit 143); a failed command removes the --out folder it created if nothing was written into it."""
+    from sibeatgan.failures import EXIT_REFUSED, EXIT_USAGE, describe
+    from sibeatgan.procs import sigterm_unwinds
+    from sibeatgan.tracking import client_env
+
     _fresh_outs.clear()
+    _track_out_args(sys.argv[1:])
+    client_env()  # seconds, not minutes of MLflow's retries, before a server that is away is reported
     failed = True
     try:
-        app()
+        with sigterm_unwinds():
+            app()
         failed = False
     except SystemExit as err:
         failed = err.code not in (0, None)
         raise
     except ValidationFailed as err:
         typer.echo(f"validation failed:\n{err.summary}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_REFUSED)
     except SibeatganError as err:
+        _show_traceback()
         typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except Exception as err:  # noqa: BLE001 - named infrastructure failures in one line; anything else keeps its traceback
+        known = describe(err)
+        if known is None:
+            raise
+        _show_traceback()
+        typer.echo(f"error: {known[0]}", err=True)
+        sys.exit(known[1])
     finally:
         if failed:
             for path in _fresh_outs:
                 _remove_if_empty(path)
+
+
+def _show_traceback() -> None:
+    if _debug or os.environ.get("SIBEATGAN_DEBUG"):
+        import traceback
+
+        traceback.print_exc()
+
+
+def _track_out_args(args: list[str]) -> None:
+    """Every command's --out/-o folder that does not exist yet, from the command line (whatever the command declares)."""
+    for i, arg in enumerate(args):
+        if arg in ("--out", "-o") and i + 1 < len(args):
+            _track_out(Path(args[i + 1]))
+        elif arg.startswith("--out="):
+            _track_out(Path(arg.split("=", 1)[1]))
 
 
 

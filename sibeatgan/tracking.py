@@ -135,7 +135,7 @@ class Tracker:
         t.state.update({k: state[k] for k in ("run_id", "sent")})
         if uri and uri != state["uri"]:
             t.state.update(run_id=None, sent=0)  # another server: the whole journal goes to a new run
-        t._ops = [json.loads(line) for line in t.journal.read_text().splitlines() if line.strip()]
+        t._ops = _read_journal(t.journal)
         return t
 
     @classmethod
@@ -146,16 +146,19 @@ class Tracker:
         return t.start()
 
     def start(self) -> Tracker:
-        """Open the journal and try to create the run; a server that is away only delays sending."""
+        """Open the journal and try to create the run; a server that is away only delays sending.
+
+        A journal already in `local_dir` (a resumed training, a rerun step) is kept and continued, sent or not: the
+        same run on the same server; on another server the whole journal goes to a new run there."""
         client_env(self.http_timeout_s)
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.journal.exists() and self.state_path.exists():
-            old = json.loads(self.state_path.read_text())
+        if self.journal.exists():
+            self._ops = _read_journal(self.journal)
+            old = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
             if old.get("run_id") and old.get("uri") == self.uri:
-                self.state.update(run_id=old["run_id"], sent=old["sent"])
-                self._ops = [json.loads(line) for line in self.journal.read_text().splitlines() if line.strip()]
-            else:
-                self.journal.unlink()
+                self.state.update(run_id=old["run_id"], sent=min(int(old.get("sent", 0)), len(self._ops)))
+            if self._ops:
+                log.info("tracking: continuing the journal %s (%d record(s), %d unsent)", self.journal, len(self._ops), self.pending)
         self._save_state()
         self._append({"op": "tags", "data": self._tags})
         self.flush()
@@ -349,6 +352,30 @@ class Tracker:
                 "send them later with `sibeatgan track-sync %s`", self.uri, self.pending, error, self.journal, self.dir)
             self._warned = True
         return False
+
+
+def _read_journal(path: Path) -> list[dict[str, Any]]:
+    """The journal's records. A last line cut short by a kill mid-append is dropped and cut from the file, so what is
+    appended next starts on a line of its own."""
+    data = path.read_bytes()
+    ops, good = [], 0
+    for line in data.splitlines(keepends=True):
+        if line.strip():
+            try:
+                ops.append(json.loads(line))
+            except ValueError:  # not JSON, or cut inside a UTF-8 character
+                if not line.endswith(b"\n"):
+                    log.warning("tracking: the last line of %s was cut short (a killed process?); dropped", path)
+                    break
+                log.warning("tracking: %s holds a line that is not JSON; skipped", path)
+        good += len(line)
+    if good < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    elif data and not data.endswith(b"\n"):
+        with open(path, "ab") as fh:
+            fh.write(b"\n")
+    return ops
 
 
 def sync(local_dir: str | Path, uri: str | None = None, retries: int = 3) -> Tracker:
