@@ -85,7 +85,7 @@ def si_beatgan(
     members_per_worker: int = 4,
     tune_epochs: int = 10,
     student_epochs: int = 50,
-    mlflow_uri: str = "http://mlflow:5000",
+    mlflow_uri: str = "http://sibeatgan-mlflow.sibeatgan.svc.cluster.local:5000",
     optuna_storage: str = "",
 ) -> NamedTuple("Outputs", teachers=List[dsl.Metrics], registered=dict):
     """source: physionet, a folder or s3://bucket/prefix; records: empty for the protocol's 44 (ingest copies

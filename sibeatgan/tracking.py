@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -45,8 +46,20 @@ def client_env(http_timeout_s: float = 15, http_retries: int = 1) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]+(@)")
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|access_key|api_key)$", re.I)
+
+
+def redact(key: str, value: str) -> str:
+    """A param or tag value fit for MLflow: no password in a URL (`postgresql://optuna:***@host/db`), and nothing
+    at all under a key that names a secret. Every user of the tracking server can read params and tags."""
+    if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in ("", "None"):
+        return "***"
+    return _URL_PASSWORD.sub(r"\1***\2", value)
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """A (nested) config or dict as flat MLflow params: `{"teacher.lr": "0.0001", "records": "100,101"}`."""
+    """A (nested) config or dict as flat MLflow params: `{"teacher.lr": "0.0001", "records": "100,101"}`, redacted."""
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         data = dataclasses.asdict(data)
     elif hasattr(data, "model_dump"):
@@ -57,10 +70,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     key = prefix.rstrip(".")
-    if isinstance(data, (list, tuple)):
-        out[key] = ",".join(map(str, data))
-    else:
-        out[key] = str(data)
+    out[key] = redact(key, ",".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data))
     return out
 
 
@@ -158,7 +168,7 @@ class Tracker:
         self._append({"op": "params", "data": flatten(params)})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._append({"op": "tags", "data": {k: str(v) for k, v in tags.items()}})
+        self._append({"op": "tags", "data": {k: redact(k, str(v)) for k, v in tags.items()}})
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
