@@ -11,6 +11,8 @@
 #   --push      push both tags (log in first: podman login / docker login REGISTRY)
 #   BASE=...    any other base image with python and torch (build argument BASE)
 #   ENGINE=...  podman or docker (default: podman if present)
+#   CA_BUNDLE=  a CA bundle for pip inside the build (default $PIP_CERT): where a proxy signs PyPI (podman only;
+#               mounted for the build, not copied into the image)
 #
 # It prints the VERSION-COMMIT name last: compile the pipeline against it with
 #   SIBEATGAN_IMAGE=<that name> python -m pipelines.si_beatgan
@@ -22,7 +24,7 @@ for arg in "$@"; do
     case "$arg" in
         --cpu) cpu=1 ;;
         --push) push=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "build-image.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
         *) repo=$arg ;;
     esac
@@ -47,6 +49,12 @@ if [ $cpu = 1 ]; then
     [ "$engine" = podman ] && args+=(--pull=never --network host)
 elif [ -n "${BASE:-}" ]; then
     args+=(--build-arg "BASE=$BASE")
+fi
+
+ca=${CA_BUNDLE:-${PIP_CERT:-}}
+if [ -n "$ca" ] && [ "$engine" = podman ]; then
+    [ -f "$ca" ] || { echo "build-image.sh: CA bundle $ca does not exist" >&2; exit 2; }
+    args+=(--volume "$(realpath "$ca"):/etc/ssl/certs/ca-certificates.crt:ro" --env PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 fi
 
 echo "build-image.sh: $engine build -> $tag_commit"

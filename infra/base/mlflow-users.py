@@ -64,7 +64,13 @@ def main() -> int:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     for resource_type, resource_id in (("experiment", experiment_id), ("registered_model", model)):
-        auth.grant_user_permission(user, resource_type, resource_id, "EDIT")
+        try:
+            auth.grant_user_permission(user, resource_type, resource_id, "EDIT")
+        except RestException as err:  # granted before, perhaps another permission: set it again
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            auth.revoke_user_permission(user, resource_type, resource_id)
+            auth.grant_user_permission(user, resource_type, resource_id, "EDIT")
         print(f"mlflow-users: {user} has EDIT on {resource_type} {resource_id}")
     return 0
 
