@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sibeatgan.errors import ConfigError
 from sibeatgan.files import write_json
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,26 @@ def redact(key: str, value: str) -> str:
     if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in ("", "None"):
         return "***"
     return _URL_PASSWORD.sub(r"\1***\2", value)
+
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def check_credentials(uri: str) -> None:
+    """An HTTP tracking server gets both basic-auth variables or neither: one alone is a broken secret, named here."""
+    if not str(uri).startswith(("http://", "https://")):
+        return
+    have = [n for n in CREDENTIALS if os.environ.get(n)]
+    if len(have) == 1:
+        (missing,) = set(CREDENTIALS) - set(have)
+        raise ConfigError(f"MLflow at {uri}: {missing} is not set, {have[0]} is (on a cluster: Secret sibeatgan-mlflow)")
+
+
+def _auth_refused(err: Exception) -> int | None:
+    """401 or 403 when the server refused who we are (which retrying cannot fix), else None."""
+    status = getattr(err, "get_http_status_code", None)
+    code = status() if callable(status) else None
+    return code if code in (401, 403) else None
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -133,7 +154,9 @@ class Tracker:
         return t
 
     def start(self) -> Tracker:
-        """Open the journal and try to create the run; a server that is away only delays sending."""
+        """Open the journal and try to create the run; a server that is away only delays sending, one that refuses
+        the credentials (or half of them set) fails the step here, at its start, in one line."""
+        check_credentials(self.uri)
         client_env(self.http_timeout_s)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.journal.exists() and self.state_path.exists():
@@ -145,7 +168,7 @@ class Tracker:
                 self.journal.unlink()
         self._save_state()
         self._append({"op": "tags", "data": self._tags})
-        self.flush()
+        self.flush(at_start=True)
         return self
 
     def __enter__(self) -> Tracker:
@@ -316,7 +339,7 @@ class Tracker:
             self.state["sent"] += 1
             self._save_state()
 
-    def flush(self, final: bool = False) -> bool:
+    def flush(self, final: bool = False, at_start: bool = False) -> bool:
         """Send what is unsent; with `final`, retry `retries` times with backoff, then warn. True when all is sent."""
         attempts = self.retries + 1 if final else 1
         for attempt in range(attempts):
@@ -326,7 +349,14 @@ class Tracker:
                     log.warning("tracking: %s is reachable again; the journal is sent (run %s)", self.uri, self.run_id)
                     self._warned = False
                 return True
-            except Exception as err:  # noqa: BLE001 - tracking never fails the step
+            except Exception as err:  # noqa: BLE001 - tracking never fails the step (but for credentials, at its start)
+                code = _auth_refused(err) if at_start else None
+                if code is not None:
+                    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+                    who = f"user {user!r} (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD)" if user else \
+                        "no credentials: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are not set"
+                    raise ConfigError(f"MLflow at {self.uri} refused {who} with HTTP {code} "
+                                      "(on a cluster: Secret sibeatgan-mlflow and the user's permissions)") from None
                 error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
                 if attempt + 1 < attempts:
                     time.sleep(self.backoff_s * 2**attempt)

@@ -102,3 +102,37 @@ def test_the_mlflow_user_script_names_its_missing_secrets_in_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("mlflow-users: missing environment variable(s) MLFLOW_TRACKING_PASSWORD, "
                                    "PIPELINE_USERNAME, PIPELINE_PASSWORD")
+
+
+def test_half_a_credential_pair_is_named_before_any_request(tmp_path, monkeypatch):
+    from sibeatgan.config import TrackingConfig
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.tracking import step_tracker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "sibeatgan-pipeline")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_PASSWORD is not set, MLFLOW_TRACKING_USERNAME is") as err:
+        step_tracker(TrackingConfig(tracking_uri="http://127.0.0.1:1"), tmp_path / "step", "check")
+    assert len(str(err.value).splitlines()) == 1
+    step_tracker(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"), tmp_path / "local", "check").finish()  # no server: no check
+
+
+def test_a_server_that_refuses_the_credentials_fails_the_step_at_its_start(mlflow_server, tmp_path, monkeypatch):
+    """A missing or wrong secret is not a server that is away: the step stops at once and says which, in one line."""
+    from sibeatgan.config import TrackingConfig
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.tracking import step_tracker
+
+    config = TrackingConfig(tracking_uri=mlflow_server.url, experiment="secrets-refusal")
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match="refused no credentials: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are not set"):
+        step_tracker(config, tmp_path / "none", "check")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SENTINEL)
+    with pytest.raises(ConfigError, match=r"refused user 'admin' .* with HTTP 401") as err:
+        step_tracker(config, tmp_path / "wrong", "check")
+    assert SENTINEL not in str(err.value) and len(str(err.value).splitlines()) == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_server.admin_password)
+    tracker = step_tracker(config, tmp_path / "right", "check")
+    assert tracker.run_id and tracker.finish()
