@@ -110,7 +110,7 @@ def si_beatgan(
     members_per_worker: int = 4,
     tune_epochs: int = 10,
     student_epochs: int = 50,
-    mlflow_uri: str = "http://sibeatgan-mlflow:5000",
+    mlflow_uri: str = "http://sibeatgan-mlflow.sibeatgan.svc.cluster.local:5000",
     experiment: str = "si-beatgan",
     model_name: str = "si-beatgan",
     optuna_storage: str = "",

@@ -15,11 +15,13 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from sibeatgan.errors import ConfigError
 from sibeatgan.files import write_json
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,40 @@ def client_env(http_timeout_s: float = 15, http_retries: int = 1) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]+(@)")
+_SECRET_KEY = re.compile(r"(password|passwd|secret|token|access_key|api_key)$", re.I)
+
+
+def redact(key: str, value: str) -> str:
+    """A param or tag value fit for MLflow: no password in a URL (`postgresql://optuna:***@host/db`), and nothing
+    at all under a key that names a secret. Every user of the tracking server can read params and tags."""
+    if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in ("", "None"):
+        return "***"
+    return _URL_PASSWORD.sub(r"\1***\2", value)
+
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def check_credentials(uri: str) -> None:
+    """An HTTP tracking server gets both basic-auth variables or neither: one alone is a broken secret, named here."""
+    if not str(uri).startswith(("http://", "https://")):
+        return
+    have = [n for n in CREDENTIALS if os.environ.get(n)]
+    if len(have) == 1:
+        (missing,) = set(CREDENTIALS) - set(have)
+        raise ConfigError(f"MLflow at {uri}: {missing} is not set, {have[0]} is (on a cluster: Secret sibeatgan-mlflow)")
+
+
+def _auth_refused(err: Exception) -> int | None:
+    """401 or 403 when the server refused who we are (which retrying cannot fix), else None."""
+    status = getattr(err, "get_http_status_code", None)
+    code = status() if callable(status) else None
+    return code if code in (401, 403) else None
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """A (nested) config or dict as flat MLflow params: `{"teacher.lr": "0.0001", "records": "100,101"}`."""
+    """A (nested) config or dict as flat MLflow params: `{"teacher.lr": "0.0001", "records": "100,101"}`, redacted."""
     if dataclasses.is_dataclass(data) and not isinstance(data, type):
         data = dataclasses.asdict(data)
     elif hasattr(data, "model_dump"):
@@ -73,10 +107,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     key = prefix.rstrip(".")
-    if isinstance(data, (list, tuple)):
-        out[key] = ",".join(map(str, data))
-    else:
-        out[key] = str(data)
+    out[key] = redact(key, ",".join(map(str, data)) if isinstance(data, (list, tuple)) else str(data))
     return out
 
 
@@ -146,10 +177,12 @@ class Tracker:
         return t.start()
 
     def start(self) -> Tracker:
-        """Open the journal and try to create the run; a server that is away only delays sending.
+        """Open the journal and try to create the run; a server that is away only delays sending, one that refuses
+        the credentials (or half of them set) fails the step here, at its start, in one line.
 
         A journal already in `local_dir` (a resumed training, a rerun step) is kept and continued, sent or not: the
         same run on the same server; on another server the whole journal goes to a new run there."""
+        check_credentials(self.uri)
         client_env(self.http_timeout_s)
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.journal.exists():
@@ -161,7 +194,7 @@ class Tracker:
                 log.info("tracking: continuing the journal %s (%d record(s), %d unsent)", self.journal, len(self._ops), self.pending)
         self._save_state()
         self._append({"op": "tags", "data": self._tags})
-        self.flush()
+        self.flush(at_start=True)
         return self
 
     def __enter__(self) -> Tracker:
@@ -184,7 +217,7 @@ class Tracker:
         self._append({"op": "params", "data": flatten(params)})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._append({"op": "tags", "data": {k: str(v) for k, v in tags.items()}})
+        self._append({"op": "tags", "data": {k: redact(k, str(v)) for k, v in tags.items()}})
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -332,7 +365,7 @@ class Tracker:
             self.state["sent"] += 1
             self._save_state()
 
-    def flush(self, final: bool = False) -> bool:
+    def flush(self, final: bool = False, at_start: bool = False) -> bool:
         """Send what is unsent; with `final`, retry `retries` times with backoff, then warn. True when all is sent."""
         attempts = self.retries + 1 if final else 1
         for attempt in range(attempts):
@@ -342,7 +375,14 @@ class Tracker:
                     log.warning("tracking: %s is reachable again; the journal is sent (run %s)", self.uri, self.run_id)
                     self._warned = False
                 return True
-            except Exception as err:  # noqa: BLE001 - tracking never fails the step
+            except Exception as err:  # noqa: BLE001 - tracking never fails the step (but for credentials, at its start)
+                code = _auth_refused(err) if at_start else None
+                if code is not None:
+                    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+                    who = f"user {user!r} (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD)" if user else \
+                        "no credentials: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD are not set"
+                    raise ConfigError(f"MLflow at {self.uri} refused {who} with HTTP {code} "
+                                      "(on a cluster: Secret sibeatgan-mlflow and the user's permissions)") from None
                 error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
                 if attempt + 1 < attempts:
                     time.sleep(self.backoff_s * 2**attempt)

@@ -1,7 +1,9 @@
-"""The Dockerfile (hadolint), requirements.lock, and the base image's torch against pyproject.
+"""The Dockerfile (hadolint), requirements.lock, the base image's torch against pyproject, the image as a
+compile-time setting (components/image.py), and the build scripts' refusals.
 
-No Docker engine runs here, so the image is never built in these tests: they check what can be
-checked without one. `python -m tests.test_image` rewrites requirements.lock from this environment.
+No Docker engine runs in CI, so the image is not built in these tests: scripts/build-image.sh --cpu builds it
+with podman here, and scripts/pipeline-in-image.sh runs the pipeline in it (bench/image.md records the runs).
+`python -m tests.test_image` rewrites requirements.lock from this environment.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 DOCKERFILE = ROOT / "Dockerfile"
-FROM_BASE = re.compile(r"^FROM pytorch/pytorch:(?P<torch>\d+\.\d+\.\d+)-cuda(?P<cuda>[\d.]+)-cudnn\d+-runtime$", re.M)
+FROM_BASE = re.compile(r"^ARG BASE=pytorch/pytorch:(?P<torch>\d+\.\d+\.\d+)-cuda(?P<cuda>[\d.]+)-cudnn\d+-runtime\nFROM \$\{BASE\}$", re.M)
 # Provided by the base image: torch, and what only torch pulls in (CUDA libraries, triton, ...).
 FROM_BASE_IMAGE = {"torch"}
 HEADER = """\
@@ -75,7 +77,7 @@ def test_hadolint_passes() -> None:
 
 def test_dockerfile_essentials() -> None:
     text = DOCKERFILE.read_text()
-    assert FROM_BASE.search(text), "a PyTorch CUDA runtime base image"
+    assert FROM_BASE.search(text), "a PyTorch CUDA runtime base image by default, any other through the BASE build argument"
     from pipelines.local import MALLOC_ENV
 
     for name, value in MALLOC_ENV.items():  # the local pipeline run sets the same for its tasks
@@ -83,6 +85,8 @@ def test_dockerfile_essentials() -> None:
     assert re.search(r"^USER (?!0\b|root\b)\S+", text, re.M), "runs as a non-root user"
     assert "pip install --no-cache-dir --no-deps -r requirements.lock" in text
     assert "sibeatgan --help" in text, "the smoke command runs at build time"
+    assert "import flask_wtf" in text, "the MLflow server's basic-auth app can start from this image"
+    assert "SIBEATGAN_IMAGE=${IMAGE_NAME}" in text, "runs are tagged with the image they ran on"
     ignored = (ROOT / ".dockerignore").read_text()
     assert "!requirements.lock" in ignored and "!sibeatgan/" in ignored
 
@@ -122,6 +126,79 @@ def test_lock_is_closed_and_matches_this_environment() -> None:
             dep = canonicalize_name(req.name)
             if req.marker is None and dep not in FROM_BASE_IMAGE:
                 assert req.specifier.contains(pins[dep], prereleases=True), f"{name} needs {req}, lock has {pins[dep]}"
+
+
+def test_the_lock_can_serve_mlflow_with_basic_auth() -> None:
+    """`mlflow server --app-name basic-auth` imports Flask-WTF: the lock (the image) has it, so the server starts."""
+    pins = read_lock()
+    assert {"flask-wtf", "wtforms"} <= set(pins)
+    (mlflow,) = [Requirement(r) for r in _project()["dependencies"] if canonicalize_name(Requirement(r).name) == "mlflow"]
+    assert "auth" in mlflow.extras
+
+
+def test_the_image_is_a_compile_time_setting() -> None:
+    from components.image import DEFAULT_REPOSITORY, default_image, image_from_env, package_version, pull_secrets_from_env
+
+    assert image_from_env({}) == default_image() == f"{DEFAULT_REPOSITORY}:{package_version()}"
+    assert image_from_env({"SIBEATGAN_IMAGE": " "}) == default_image()
+    for ok in ("registry.example.com:5000/ml/sibeatgan:0.1.0-abc123", "localhost/sibeatgan:0.1.0",
+               "ghcr.io/a/b@sha256:" + "0" * 64):
+        assert image_from_env({"SIBEATGAN_IMAGE": ok}) == ok
+    for bad, why in (("ghcr.io/a/b", "not pinned"), ("ghcr.io/a/b:latest", "not pinned"), ("Not An Image", "not an image")):
+        with pytest.raises(ValueError, match=why):
+            image_from_env({"SIBEATGAN_IMAGE": bad})
+    assert pull_secrets_from_env({}) == ()
+    assert pull_secrets_from_env({"SIBEATGAN_IMAGE_PULL_SECRETS": "regcred, other-cred"}) == ("regcred", "other-cred")
+    with pytest.raises(ValueError, match="Bad_Name not a Kubernetes Secret name"):
+        pull_secrets_from_env({"SIBEATGAN_IMAGE_PULL_SECRETS": "ok,Bad_Name"})
+
+
+COMPILE_WITH_IMAGE = """
+import json, sys
+from kfp import compiler, dsl
+from components import IMAGE, synth
+from components.image import with_image_settings
+
+@dsl.pipeline(name="image-check")
+def p():
+    with_image_settings(synth())
+
+compiler.Compiler().compile(p, sys.argv[1])
+print(IMAGE)
+"""
+
+
+def test_a_pipeline_compiled_with_sibeatgan_image_runs_every_step_on_it(tmp_path) -> None:
+    pytest.importorskip("kfp")
+    import os
+    import sys
+
+    image = "registry.example.com/ml/sibeatgan:9.9.9-deadbeef"
+    env = {**os.environ, "SIBEATGAN_IMAGE": image, "SIBEATGAN_IMAGE_PULL_SECRETS": "regcred", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "p.yaml"
+    proc = subprocess.run([sys.executable, "-c", COMPILE_WITH_IMAGE, str(out)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == image
+    import yaml
+
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert {ex["container"]["image"] for ex in docs[0]["deploymentSpec"]["executors"].values()} == {image}
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert [s["secretName"] for ex in platform.values() for s in ex["imagePullSecret"]] == ["regcred"]
+    bad = subprocess.run([sys.executable, "-c", COMPILE_WITH_IMAGE, str(out)], env={**env, "SIBEATGAN_IMAGE": "x/y:latest"},
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "SIBEATGAN_IMAGE='x/y:latest' is not pinned" in bad.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ghcr.io/x/y:1"], "give a repository without a tag or digest"),
+    (["Bad/Name"], "is not a valid image repository"),
+    (["--nope"], "unknown option --nope"),
+])
+def test_build_image_refuses_bad_arguments_in_one_line(args, message) -> None:
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 if __name__ == "__main__":
