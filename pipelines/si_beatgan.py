@@ -37,6 +37,7 @@ from kfp import compiler, dsl, kubernetes
 
 from components import (best_config, compare, create_study, evaluate, ingest, pick_teacher, pick_winner, plan_runs, preprocess, register,
                         start_run, train_candidates, train_teacher, tune_worker, validate_beats, validate_records)
+from components.image import with_image_settings
 
 # Compile-time settings (environment variables at compile time; kfp 2.17 drops pipeline parameters used for these
 # inside a ParallelFor): GPUs per training task, and how many teachers / Optuna workers run at once.
@@ -83,8 +84,9 @@ def _resumable(task: dsl.PipelineTask, pvc: str, gpu_type: dict, timeout: str) -
 
 
 def _timeout(task: dsl.PipelineTask, which: str) -> dsl.PipelineTask:
+    """Every task's deadline, and the registry's imagePullSecrets (SIBEATGAN_IMAGE_PULL_SECRETS at compile time)."""
     kubernetes.set_timeout(task, TIMEOUTS[which])
-    return task
+    return with_image_settings(task)
 
 
 @dsl.pipeline(

@@ -316,3 +316,20 @@ def test_train_component_fails_loudly_without_cuda(synth_dataset: Path, tmp_path
         train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=Model(uri=str(tmp_path / "model")),
                                   metrics=Metrics(uri=str(tmp_path / "m")), fold=0, seed=0, epochs=1, device="cuda")
     assert not (tmp_path / "model" / "generator.pt").exists()
+
+
+def test_image_and_pull_secrets_are_compile_time_settings(tmp_path: Path) -> None:
+    """SIBEATGAN_IMAGE and SIBEATGAN_IMAGE_PULL_SECRETS at compile time: every task runs on that image and pulls it with that
+    secret; nothing in code or tests is edited for another registry."""
+    import os
+
+    out = tmp_path / "p.yaml"
+    env = {**os.environ, "SIBEATGAN_IMAGE": "registry.example.com/ml/sibeatgan:0.1.0-abc1234", "SIBEATGAN_IMAGE_PULL_SECRETS": "regcred"}
+    subprocess.run([sys.executable, "-m", "pipelines.si_beatgan", str(out)], cwd=ROOT, env=env, check=True, timeout=180)
+    pipeline, platform = yaml.safe_load_all(out.read_text())
+    for name, ex in pipeline["deploymentSpec"]["executors"].items():
+        assert ex["container"]["image"] == env["SIBEATGAN_IMAGE"], name
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(k8s) == len(pipeline["deploymentSpec"]["executors"]) and all(
+        e.get("imagePullSecret", [{}])[0].get("secretName") == "regcred" for e in k8s.values()), \
+        [n for n, e in k8s.items() if not e.get("imagePullSecret")]
