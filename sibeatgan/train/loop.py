@@ -36,6 +36,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from sibeatgan.card import ThresholdPolicy
 from sibeatgan.device import Runtime
 from sibeatgan.errors import CheckpointError, ConfigError
 from sibeatgan.files import write_json
@@ -265,12 +266,6 @@ class Callback:
         pass
 
 
-def _threshold(scores: np.ndarray, labels: np.ndarray, rule: str, far: float) -> float:
-    from sibeatgan.metrics import choose_threshold
-
-    return float(choose_threshold(scores, labels, rule=rule, far=far))
-
-
 def _member_dir(out: Path, members: int, k: int) -> Path:
     return out if members == 1 else out / f"member_{k}"
 
@@ -346,6 +341,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
     histories: list[list[dict[str, Any]]] = [[] for _ in range(K)]
     best: list[float | None] = [None] * K
     best_epoch, thresholds = [0] * K, [None] * K
+    policy = ThresholdPolicy(rule=settings.threshold_rule, far=settings.threshold_far if settings.threshold_rule == "far" else None)
     control, first = Control(K), 1
     if settings.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
@@ -406,8 +402,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                     improved = best[k] is None or (value > best[k] if higher else value < best[k])
                 if improved:
                     best[k], best_epoch[k] = value, epoch
-                    thresholds[k] = _threshold(scores[k], val_labels, settings.threshold_rule, settings.threshold_far) \
-                        if settings.threshold_rule != "f1" or not val_normal.all() else None
+                    thresholds[k] = policy.choose(scores[k], val_labels)
                     member_dir = _member_dir(out, K, k)
                     member_dir.mkdir(parents=True, exist_ok=True)
                     save_generator(member_dir / "generator.pt", trainer.generator(k), kind=settings.kind, selection=settings.selection,
@@ -415,7 +410,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                                    member_config=(settings.member_configs or [None] * K)[k], dataset_hash=data.dataset_hash,
                                    split_hash=data.split_hash, protocol=data.protocol, fold=data.fold,
                                    threshold=thresholds[k], threshold_rule=settings.threshold_rule,
-                                   threshold_far=settings.threshold_far if settings.threshold_rule == "far" else None)
+                                   threshold_far=policy.far)
                 row["improved"] = improved
                 row["epoch_seconds"] = time.perf_counter() - started
                 histories[k].append(row)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from sibeatgan.card import ThresholdPolicy
 from sibeatgan.device import Runtime
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
 from sibeatgan.metrics import score
@@ -230,7 +231,7 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
     settings = FitSettings(
         epochs=config.epochs, selection=config.selection, eval_batch_size=config.eval_batch_size, kind="teacher",
         config=to_dict(config), resumable_changes=RESUMABLE_CHANGES, resume=resume, progress=progress,
-        threshold_rule="f1" if config.selection == "paper" else "far",
+        threshold_rule=ThresholdPolicy.for_selection(config.selection).rule,
     )
     log.info(
         "teacher: %d training beats (%d leads x %d), %d validation, %s split fold %d (split %s), selection %s, %s",
