@@ -427,7 +427,6 @@ def metrics(
         "precision_oracle": float(oracle["precision"][0]),
         "recall_oracle": float(oracle["recall"][0]),
         "false_alarm_rate_oracle": float(oracle["false_alarm_rate"][0]),
-        "f1": ranked["f1"],
         "ci": ci,
         "n_bootstrap": int(n_bootstrap),
         "bootstrap": "record" if groups is not None else "beat",

@@ -118,7 +118,7 @@ def evaluation_markdown(result: dict[str, Any], title: str) -> str:
         auc = f"{m['auc']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
         op = m.get("operating") or {}
         at = f"{op['f1']:.4f} (threshold {op['threshold']:.4g}, {op.get('rule', 'saved')})" if "f1" in op else "n/a"
-        lines.append(f"| {fold} | {auc} | {m['ap']:.4f} | {at} | {m.get('f1_oracle', m.get('f1', float('nan'))):.4f} "
+        lines.append(f"| {fold} | {auc} | {m['ap']:.4f} | {at} | {m['f1_oracle']:.4f} "
                      f"| {m['n']} ({m['n_anomalous']}) | {m.get('epoch')} | {m.get('selection')} |")
     for fold, m in result["folds"].items():
         per_class = ", ".join(f"{c} {v['auc']:.4f} (n={v['n']})" for c, v in m.get("per_class", {}).items())
