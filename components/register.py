@@ -50,7 +50,10 @@ def register(beats: Input[Dataset], model: Input[Model], evaluation: Input[Artif
     conf = pipeline_tracking(config_yaml, mlflow_uri, kfp_run_id, model_name=model_name or None, experiment=experiment or None) \
         or TrackingConfig(model_name=model_name or "si-beatgan")
     parent_run_id = conf.parent_run_id or ""
-    proof = json.loads((Path(evidence.path) / "evidence.json").read_text()) if evidence is not None else None
+    proof = None
+    if evidence is not None:  # the comparison table beside it, at this task's copy of the artifact
+        proof = json.loads((Path(evidence.path) / "evidence.json").read_text())
+        proof["table"] = str(Path(evidence.path) / "comparison.txt")
     generator = Path(model.path) / "generator.pt" if Path(model.path).is_dir() else Path(model.path)
     with tempfile.TemporaryDirectory() as tmp:  # the gates' verdict and reports, as run_register reads them
         gates = {"records": records_report, "beats": beats_report}
