@@ -1,5 +1,8 @@
-"""The experiment protocol's pieces the pipeline and the bench scripts share: a step's config from a pipeline's
-parameters, the (fold, seed) grid, the search's config, and the pick of one run among a fan-in's outputs.
+"""The experiment protocol, once, for the pipeline's components and the bench scripts alike: after the search, the best
+student and its no-KD control trained together, evaluated on the same beats, compared, and the winner chosen on
+validation only (`run_protocol`, `choose_winner`); and what a pipeline task needs around it: a step's config from the
+pipeline's parameters, its tracking (nested under the pipeline run's MLflow run), the (fold, seed) grid, the search's
+config, the pick of one run among a fan-in's outputs, content-keyed checkpoints and their pruning.
 
 Nothing here imports kfp: components pass their artifacts in, duck-typed (`.path`, `.metadata`).
 """
