@@ -121,7 +121,8 @@ def run_compare(
     # a fold with one seed has one unit: its row is record-level whatever the level asked for the pooled one
     per_fold = {fold: paired_compare_units(u, **boot, level=level if len(u) > 1 else "auto") for fold, u in units.items()}
     # one fold: pooled is that fold (the same units and draws), so it is not bootstrapped twice
-    pooled = next(iter(per_fold.values())) if len(units) == 1 else paired_compare_units([x for u in units.values() for x in u], **boot, level=level)
+    everything = [x for u in units.values() for x in u]
+    pooled = next(iter(per_fold.values())) if len(units) == 1 else paired_compare_units(everything, **boot, level=level)
     from sibeatgan.config import to_dict
 
     result = {

@@ -6,7 +6,8 @@ precision as sklearn defines it, best F1 (an oracle figure: its threshold is pic
 is scored on), F1/precision/recall at a threshold chosen without test labels, and bootstrap intervals.
 Intervals resample records (patients, all beats of a drawn record together) by default, or beats within
 each class; a comparison over several trained pairs (units: seeds, folds) resamples the units too, so training
-variance counts (paired_compare_units, level unit+record). Every resample is a row of weights on the beats, so a chunk of resamples is one array sum.
+variance counts (paired_compare_units, level unit+record). Every resample is a row of weights on the beats, so a
+chunk of resamples is one array sum.
 """
 
 from __future__ import annotations
