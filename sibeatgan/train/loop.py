@@ -94,12 +94,13 @@ class StepTrainer:
     `train_epoch` is `run_epoch`, the one epoch loop."""
 
     members = 1
+    batched = False  # True: a leading member axis on idx, sums and the epoch order, even for one member
     loss_names: tuple[str, ...] = ()
 
     def __init__(self, runtime: Runtime, batch_size: int, graphs: Any = None) -> None:
         self.rt = runtime
         self.batch_size = int(batch_size)
-        shape = (self.batch_size,) if self.members == 1 else (self.members, self.batch_size)
+        shape = (self.members, self.batch_size) if self.batched else (self.batch_size,)
         self.idx = torch.zeros(shape, dtype=torch.long, device=runtime.device)
         self.sums = torch.zeros(shape[:-1] + (len(self.loss_names),), dtype=torch.float32, device=runtime.device)
         self.train_x: torch.Tensor | None = None

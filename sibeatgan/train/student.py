@@ -223,6 +223,8 @@ class BatchedStudentTrainer(DistillTrainer):
     member k's config, up to float rounding. `active` (K,) bool on the device: pruned members are frozen by
     `stop(k)`; a member whose loss goes non-finite freezes itself (`alive`) and never disturbs the others."""
 
+    batched = True
+
     def __init__(self, teacher: Generator, runtime: Runtime, members: int, *, ngf: int | None = None, ndf: int = 32,
                  init: Any = "teacher", lambda_fm: Any = 1.0, alpha: Any = 1.0, beta: Any = 0.1, T: Any = 4.0, tau: Any = 0.2,
                  lr: Any = 1e-4, seed: Any = 0, kd: str = "latent", kd_direction: str = "seed",
