@@ -22,7 +22,8 @@ def _synth(tmp: Path, fs: int) -> Path:
     from sibeatgan.data.synth import run_synth
 
     run_synth(SynthConfig(n_records=1, duration_s=60, fs=fs, seed=3), tmp / f"at{fs}")
-    return tmp / f"at{fs}" / "100"
+    (header,) = (tmp / f"at{fs}").glob("*.hea")
+    return header.with_suffix("")
 
 
 def _rows(folder: Path) -> list[dict]:
