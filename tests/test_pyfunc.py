@@ -191,7 +191,7 @@ def test_bad_input_is_refused_in_one_line_naming_it(logged_model: tuple, small_t
         model.predict(ecg, params={"threshold": float("nan")})  # was: every beat normal
     _one_line(err)
     frame = pd.DataFrame(ecg, columns=["MLII", "V5"]).assign(V5="x")
-    with pytest.raises(Exception, match="input column 'V5' holds object, not numbers") as err:
+    with pytest.raises(Exception, match="input column 'V5' holds .*, not numbers") as err:
         model.predict(frame)
     _one_line(err)
     with pytest.raises(Exception, match=r"2-D .* got shape \(320,\)"):
@@ -248,14 +248,13 @@ def test_a_broken_model_is_an_error_not_a_verdict(small_teacher: dict, tmp_path:
     import torch
 
     from sibeatgan.errors import CheckpointError
-    from sibeatgan.modelio import load_generator, save_generator
+    from sibeatgan.modelio import load_generator
     from sibeatgan.pyfunc import BeatScorer, preprocess_settings
 
-    gen, meta = load_generator(small_teacher["generator"])
+    gen, _ = load_generator(small_teacher["generator"])
     with torch.no_grad():
         next(gen.parameters()).fill_(float("nan"))
-    save_generator(tmp_path / "generator.pt", gen, threshold=0.05)
-    scorer = BeatScorer.from_generator(tmp_path / "generator.pt", preprocess_settings(small_teacher["dataset"]))
+    scorer = BeatScorer(gen, 0.05, preprocess_settings(small_teacher["dataset"]))
     ds, _ = _dataset_scores(small_teacher)
     with pytest.raises(CheckpointError, match=r"non-finite score"):
         scorer.predict(ds.float_beats(np.arange(4)).reshape(4, -1))

@@ -26,6 +26,16 @@ def _synth(tmp: Path, fs: int) -> Path:
     return header.with_suffix("")
 
 
+@pytest.fixture(scope="module")
+def model_folder(small_teacher: dict, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The small teacher saved as a pyfunc model folder (what `register` logs), threshold 0.05."""
+    from sibeatgan.pyfunc import preprocess_settings, save_model
+
+    path = tmp_path_factory.mktemp("score_model") / "model"
+    save_model(path, small_teacher["generator"], preprocess_settings(small_teacher["dataset"]), threshold=0.05)
+    return str(path)
+
+
 def _rows(folder: Path) -> list[dict]:
     return list(csv.DictReader((folder / "scores.csv").open()))
 
@@ -36,13 +46,13 @@ def _score(*args: str) -> object:
     return CliRunner().invoke(app, ["score", *args])
 
 
-def test_a_250hz_record_is_resampled_and_says_so(small_teacher: dict, tmp_path: Path) -> None:
+def test_a_250hz_record_is_resampled_and_says_so(model_folder: str, tmp_path: Path) -> None:
     """The same synthetic beats written at 250 Hz and at 360 Hz: the 250 Hz record is resampled to the model's
     360 Hz (summary.json and the log say so), its beats keep their own sample numbers, and they score as at 360 Hz
     (before, they were scored as if 360 Hz: the same beats squeezed into 320 / 360 * 250 samples)."""
     import wfdb
 
-    model = ["--model", str(small_teacher["train"]), "--dataset", str(small_teacher["dataset"])]
+    model = ["--model", model_folder]
     r360 = _score(str(_synth(tmp_path, 360)), *model, "--out", str(tmp_path / "o360"))
     assert r360.exit_code == 0, r360.output
     rec250 = _synth(tmp_path, 250)
@@ -59,7 +69,7 @@ def test_a_250hz_record_is_resampled_and_says_so(small_teacher: dict, tmp_path: 
     assert np.median(np.abs(np.log(sb / sa))) < np.log(1.25), (np.median(sa), np.median(sb))
 
 
-def test_a_record_with_no_beat_to_score_is_an_error(small_teacher: dict, tmp_path: Path) -> None:
+def test_a_record_with_no_beat_to_score_is_an_error(model_folder: str, tmp_path: Path) -> None:
     """A flat minute (no .atr: beats are detected) and a NaN threshold: one line and exit 2, no empty --out left
     (before: exit 0, 0 beats; every beat normal)."""
     import wfdb
@@ -68,7 +78,7 @@ def test_a_record_with_no_beat_to_score_is_an_error(small_teacher: dict, tmp_pat
     flat.mkdir()
     wfdb.wrsamp("200", fs=360, units=["mV", "mV"], sig_name=["MLII", "V1"], p_signal=np.full((360 * 60, 2), 0.25),
                 fmt=["212", "212"], write_dir=str(flat))
-    model = ["--model", str(small_teacher["train"]), "--dataset", str(small_teacher["dataset"])]
+    model = ["--model", model_folder]
     r = sib("score", str(flat / "200"), *model, "--out", str(tmp_path / "out"))
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "no beat detected" in r.stderr and "flat" in r.stderr, r.stderr
