@@ -2,9 +2,10 @@
 
 Beats are the record's annotated beats (of the model's grouping) when it has a .atr file, else the R peaks the
 model's own preprocessing detects. A record at another sampling rate than the model's is resampled to it (and
-summary.json says so); positions stay in the record's own samples. The plot shows every beat's score over the record with the threshold, and an
-excerpt around the highest-scoring beat: the filtered signal with the model's reconstruction, anomalous beats
-marked, and the reconstruction residual.
+summary.json says so); positions stay in the record's own samples. A record with no beat to score is an error.
+The model: a URI, a logged model folder, or a training folder / generator file with its beat dataset.
+The plot shows every beat's score over the record with the threshold, and an excerpt around the highest-scoring
+beat: the filtered signal with the model's reconstruction, anomalous beats marked, and the reconstruction residual.
 """
 
 from __future__ import annotations
