@@ -348,15 +348,19 @@ def demo(
 @app.command()
 def score(
     record: Path = typer.Argument(..., help="WFDB record: folder/name (with or without .hea)."),
-    model: str = typer.Option(..., "--model", "-m", help="Model URI, e.g. models:/si-beatgan@production, runs:/ID/model or a folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for scores.csv, scores.png and summary.json."),
+    model: str = typer.Option(..., "--model", "-m", help="Model URI (models:/si-beatgan@production, runs:/ID/model), a logged "
+                              "model folder, or a training folder / generator.pt with --dataset."),
+    out: Path = OutOpt(..., help="Folder for scores.csv, scores.png and summary.json."),
     threshold: Optional[float] = typer.Option(None, help="Override the model's threshold."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Beat dataset a training folder's model was trained on "
+                                           "(its preprocessing settings); not for logged models."),
 ) -> None:
-    """Score a WFDB record's beats (annotations when present, detected R peaks otherwise): a table and a plot."""
+    """Score a WFDB record's beats (annotations when present, detected R peaks otherwise): a table and a plot.
+    A record at another sampling rate than the model's is resampled to it."""
     from sibeatgan.score import run_score
 
     t = time.perf_counter()
-    result = run_score(model, record, out, threshold)
+    result = run_score(model, record, out, threshold, dataset)
     _done("score", t, result, ("n_beats", "n_anomalous", "beats_from"))
 
 

@@ -6,6 +6,7 @@ imports neither. Writes are atomic (temp file, then rename), so a crash never le
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,15 @@ def load_file(path: str | Path, fmt: str, map_location: str | torch.device = "cp
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
+    with path.open("rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # torch.save writes a zip archive; anything else is someone else's file
+            raise CheckpointError(f"{path} is not a sibeatgan model file (not a PyTorch archive)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle/zip errors on a truncated or foreign file
-        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError:  # torch's message advises loading it unsafely: never pass that on
+        raise CheckpointError(f"{path} is not a sibeatgan model file (it holds Python objects, not only tensors and plain data)") from None
+    except Exception as err:  # zip errors on a truncated or corrupted file; torch's first sentence only
+        raise CheckpointError(f"{path} cannot be read, truncated or corrupted ({type(err).__name__}: {str(err).split('. ')[0]})") from None
     if not isinstance(obj, dict) or obj.get("format") != fmt:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: format {found!r}, expected {fmt!r}")

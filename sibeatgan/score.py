@@ -1,9 +1,11 @@
 """Score one WFDB record with a logged or registered model: a CSV table per beat and a PNG of the record.
 
 Beats are the record's annotated beats (of the model's grouping) when it has a .atr file, else the R peaks the
-model's own preprocessing detects. The plot shows every beat's score over the record with the threshold, and an
-excerpt around the highest-scoring beat: the filtered signal with the model's reconstruction, anomalous beats
-marked, and the reconstruction residual.
+model's own preprocessing detects. A record at another sampling rate than the model's is resampled to it (and
+summary.json says so); positions stay in the record's own samples. A record with no beat to score is an error.
+The model: a URI, a logged model folder, or a training folder / generator file with its beat dataset.
+The plot shows every beat's score over the record with the threshold, and an excerpt around the highest-scoring
+beat: the filtered signal with the model's reconstruction, anomalous beats marked, and the reconstruction residual.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sibeatgan.errors import SibeatganError
 from sibeatgan.files import atomic_open, write_json
 
 log = logging.getLogger(__name__)
@@ -27,48 +30,96 @@ def _record_path(record: str | Path) -> tuple[Path, str]:
     return p.parent, p.name
 
 
-def run_score(model_uri: str, record: str | Path, out: str | Path, threshold: float | None = None) -> dict[str, Any]:
-    """Score `record` (folder/name, with or without .hea) with `model_uri`; writes scores.csv, scores.png, summary.json."""
+def load_model(model: str, dataset: str | Path | None = None) -> Any:
+    """The BeatScorer of `model`: a model URI (models:/, runs:/), a logged model folder (with MLmodel), or a training
+    folder / generator file with the beat `dataset` it was trained on (for its preprocessing settings)."""
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.pyfunc import BeatScorer, load_scorer, preprocess_settings
+
+    path = Path(model)
+    if "://" in model or not path.exists():
+        if dataset is not None:
+            raise ConfigError(f"--dataset applies to a training folder or generator file, not to {model}")
+        return load_scorer(model)
+    if path.is_dir() and (path / "MLmodel").is_file():
+        if dataset is not None:
+            raise ConfigError(f"--dataset applies to a training folder or generator file; {model} is a logged model")
+        return load_scorer(str(path))
+    generator = path / "generator.pt" if path.is_dir() else path
+    if path.is_dir() and not generator.is_file():
+        raise ConfigError(f"{model} is neither a logged model folder (no MLmodel) nor a training folder (no generator.pt)")
+    from sibeatgan.modelio import load_generator
+
+    _, meta = load_generator(generator)  # a file that is not a model is refused here, as such
+    if dataset is None:
+        raise ConfigError(f"{model} is a training output, which lacks the preprocessing settings: give --dataset (the beat dataset "
+                          f"it was trained on), or score a logged model (models:/NAME@ALIAS, runs:/ID/model)")
+    from sibeatgan.data.artifact import read_manifest
+
+    manifest = read_manifest(dataset)
+    if meta.get("dataset_hash") and manifest.get("content_hash") and meta["dataset_hash"] != manifest["content_hash"]:
+        raise ConfigError(f"{generator} was trained on dataset {meta['dataset_hash'][:12]}, but {dataset} is "
+                          f"{manifest['content_hash'][:12]}: give the dataset it was trained on")
+    return BeatScorer.from_generator(generator, preprocess_settings(dataset))
+
+
+def run_score(model_uri: str, record: str | Path, out: str | Path, threshold: float | None = None,
+              dataset: str | Path | None = None) -> dict[str, Any]:
+    """Score `record` (folder/name, with or without .hea) with `model_uri` (see `load_model`); writes scores.csv,
+    scores.png, summary.json. A record at another sampling rate is resampled to the model's (and says so); a record
+    with no beat to score is an error."""
     from sibeatgan.data import beats
     from sibeatgan.data.preprocess import lead_columns
     from sibeatgan.data.records import read_header, read_record
-    from sibeatgan.pyfunc import load_scorer
+    from sibeatgan.errors import RecordError
+    from sibeatgan.pyfunc import finite_threshold
 
     folder, name = _record_path(record)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    scorer = load_scorer(model_uri)
-    thr = scorer.threshold if threshold is None else float(threshold)
+    scorer = load_model(model_uri, dataset)
+    thr = scorer.threshold if threshold is None else finite_threshold(threshold, "--threshold")
     annotated = (folder / f"{name}.atr").is_file()
-    rec = read_record(folder, name, annotations=annotated)
-    signal = rec.signal[:, list(lead_columns(read_header(folder, name), tuple(scorer.prep["leads"])))]
-    before, after = scorer.prep["before"], scorer.prep["after"]
+    header = read_header(folder, name)
+    rec = read_record(folder, name, annotations=annotated)  # refuses NaN (WFDB's no-data) samples, naming the first
+    signal = rec.signal[:, list(lead_columns(header, tuple(scorer.prep["leads"])))]
+    fs, model_fs = float(rec.fs), float(scorer.prep["fs"])
     if annotated:
         labels = beats.label_symbols(rec.ann_symbols, scorer.prep["grouping"])
-        keep = (labels >= 0) & beats.window_fits(rec.ann_samples, signal.shape[0], before, after)
-        positions, symbols = rec.ann_samples[keep], rec.ann_symbols[keep]
+        positions, symbols = rec.ann_samples[labels >= 0], rec.ann_symbols[labels >= 0]
+        if not len(positions):
+            raise RecordError(name, f"{name}.atr holds no beat of the model's classes ({scorer.prep['grouping']} grouping)")
     else:
         positions, symbols = None, None
-    windows, positions, filtered = scorer.windows(signal, positions)
+    try:
+        b = scorer.ecg_beats(signal, fs, positions)
+    except SibeatganError as err:
+        raise RecordError(name, str(err)) from None
     if symbols is None:
-        symbols = np.full(len(positions), "")
-    scores = scorer.score(windows)
+        symbols = np.full(len(b.positions), "")
+    else:
+        symbols = symbols[b.kept]
+    resampled = fs != model_fs
+    if resampled:
+        log.warning("%s: recorded at %g Hz, resampled to the model's %g Hz before scoring (positions stay in the record's samples)",
+                    name, fs, model_fs)
+    scores = scorer.score(b.windows)
     flags = scores >= thr
-    fs = float(scorer.prep["fs"])
+    out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / "scores.csv", "w") as fh:
         w = csv.writer(fh)
         w.writerow(["beat", "position", "time_s", "symbol", "score", "anomalous"])
-        for i, (p, s, sc, f) in enumerate(zip(positions, symbols, scores, flags)):
+        for i, (p, s, sc, f) in enumerate(zip(b.positions, symbols, scores, flags)):
             w.writerow([i, int(p), f"{p / fs:.3f}", s, f"{sc:.6g}", int(f)])
     png = out / "scores.png"
-    if len(scores):
-        plot_record(name, filtered[:, 0], fs, positions, windows, scorer.reconstruct(windows), scores, thr, symbols, before, after, png)
+    plot_record(name, b.filtered[:, 0], model_fs, b.at_model, b.windows, scorer.reconstruct(b.windows), scores, thr, symbols,
+                scorer.prep["before"], scorer.prep["after"], png)
     result = {"record": name, "model": model_uri, "beats_from": "annotations" if annotated else "detected R peaks",
-              "n_beats": int(len(scores)), "n_anomalous": int(flags.sum()), "threshold": thr,
-              "csv": str(out / "scores.csv"), "plot": str(png) if len(scores) else None}
+              "n_beats": int(len(scores)), "n_anomalous": int(flags.sum()), "threshold": thr, "fs": fs, "model_fs": model_fs,
+              "resampled": f"{fs:g} Hz -> {model_fs:g} Hz (scipy.signal.resample_poly, as preprocess)" if resampled else None,
+              "n_dropped_at_ends": b.dropped, "csv": str(out / "scores.csv"), "plot": str(png)}
     write_json(out / "summary.json", result)
-    log.info("%s: %d beats (%s), %d anomalous at threshold %.4g -> %s", name, result["n_beats"], result["beats_from"],
-             result["n_anomalous"], thr, out)
+    log.info("%s: %d beats (%s%s), %d anomalous at threshold %.4g -> %s", name, result["n_beats"], result["beats_from"],
+             f", resampled {result['resampled']}" if resampled else "", result["n_anomalous"], thr, out)
     return result
 
 

@@ -43,7 +43,8 @@ def test_model_has_signature_and_scores_windows_like_evaluate(logged_model: tupl
     model = mlflow.pyfunc.load_model(logged_model[1])
     sig = model.metadata.signature
     assert [c.name for c in sig.outputs.inputs] == ["beat", "position", "score", "anomalous"]
-    assert {p.name for p in sig.params.params} == {"input", "threshold"}
+    assert {p.name for p in sig.params.params} == {"input", "threshold", "fs", "positions"}
+    assert sig.inputs is None  # the model checks its input itself: MLflow's schemas refuse float32 or drop columns
     assert model.metadata.saved_input_example_info is not None
     ds, expected = _dataset_scores(small_teacher)
     pick = np.arange(0, len(ds), max(1, len(ds) // 300))
@@ -116,3 +117,146 @@ def test_bad_input_is_a_clear_error(logged_model: tuple, monkeypatch: pytest.Mon
         scorer.predict(np.zeros((3, 320)), kind="spectrogram")
     with pytest.raises(ConfigError, match="2-D"):
         scorer.predict(np.zeros(320))
+
+
+# --- issue 15: what a user passes is scored as documented, or refused in one line; never a silent wrong answer ---
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    text = str(err.value)
+    assert "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+def test_documented_inputs_pass_the_model_signature(logged_model: tuple, small_teacher: dict, synth_db: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 arrays and DataFrames of numeric columns (windows, or one column per lead) go through MLflow's input
+    checks and score as float64 does (MLflow's tensor schema refused them before)."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from sibeatgan.data.records import read_record
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged_model[0])
+    model = mlflow.pyfunc.load_model(logged_model[1])
+    ds, _ = _dataset_scores(small_teacher)
+    windows = ds.float_beats(np.arange(40)).reshape(40, -1).astype(np.float64)
+    want = model.predict(windows)["score"].to_numpy()
+    np.testing.assert_allclose(model.predict(windows.astype(np.float32))["score"], want, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(pd.DataFrame(windows))["score"], want, rtol=1e-6)
+    ecg = read_record(synth_db, str(ds.records[0])).signal
+    base = model.predict(ecg)
+    for variant in (ecg.astype(np.float32), pd.DataFrame(ecg, columns=["MLII", "V5"]), pd.DataFrame(ecg.astype(np.float32))):
+        got = model.predict(variant)
+        assert (got["position"].to_numpy() == base["position"].to_numpy()).all()
+        np.testing.assert_allclose(got["score"], base["score"], rtol=1e-3)  # float32 samples: the same beats, scores within 0.1%
+
+
+def test_bad_input_is_refused_in_one_line_naming_it(logged_model: tuple, small_teacher: dict, synth_db: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty, non-numeric, NaN/inf, too short or flat input, and a NaN threshold: an error naming the problem, never
+    0 rows or `anomalous=False` in silence (the cases of issue 15)."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from sibeatgan.data.records import read_record
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged_model[0])
+    model = mlflow.pyfunc.load_model(logged_model[1])
+    ds, _ = _dataset_scores(small_teacher)
+    ecg = read_record(synth_db, str(ds.records[0])).signal[: 60 * 360]
+    assert len(model.predict(ecg)) > 30
+    with pytest.raises(Exception, match="too short to hold a beat") as err:
+        model.predict(np.zeros((0, 2)))  # was: ValueError ... padlen, which is 327
+    _one_line(err)
+    with pytest.raises(Exception, match=r"no beat detected in 360 samples|too short") as err:
+        model.predict(ecg[:360])  # one second: was 0 rows
+    _one_line(err)
+    with pytest.raises(Exception, match="flat") as err:
+        model.predict(np.full((60 * 360, 2), 0.3))  # was 0 rows
+    _one_line(err)
+    bad = ecg.copy()
+    bad[1000, 0] = np.nan
+    with pytest.raises(Exception, match=r"1 NaN or inf value\(s\), the first at row 1000, column 0") as err:
+        model.predict(bad)  # was 0 rows
+    _one_line(err)
+    bad[1000, 0] = np.inf
+    with pytest.raises(Exception, match="NaN or inf"):
+        model.predict(bad)
+    windows = ds.float_beats(np.arange(3)).reshape(3, -1).astype(np.float64)
+    windows[1, 5] = np.nan
+    with pytest.raises(Exception, match=r"beat windows holds 1 NaN or inf value\(s\), the first at row 1"):
+        model.predict(windows)  # was: a NaN score, anomalous=False
+    with pytest.raises(Exception, match="threshold nan is not a finite number") as err:
+        model.predict(ecg, params={"threshold": float("nan")})  # was: every beat normal
+    _one_line(err)
+    frame = pd.DataFrame(ecg, columns=["MLII", "V5"]).assign(V5="x")
+    with pytest.raises(Exception, match="input column 'V5' holds .*, not numbers") as err:
+        model.predict(frame)
+    _one_line(err)
+    with pytest.raises(Exception, match=r"2-D .* got shape \(320,\)"):
+        model.predict(np.zeros(320))
+    with pytest.raises(Exception, match="positions apply to raw ECG"):
+        model.predict(windows[:1] * 0, params={"positions": [1, 2]})
+    assert len(model.predict(np.zeros((0, 320)))) == 0  # no windows in, no rows out: an answer, not a failure
+
+
+def test_positions_give_exactly_the_evaluated_beats_and_scores(logged_model: tuple, small_teacher: dict, synth_db: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the annotation positions as input the served model scores the evaluated beats, every one of them, exactly
+    (without them it centres windows on detected R peaks, which the test above only matches where they coincide)."""
+    import mlflow.pyfunc
+
+    from sibeatgan.data.records import read_record
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged_model[0])
+    model = mlflow.pyfunc.load_model(logged_model[1])
+    ds, expected = _dataset_scores(small_teacher)
+    name = str(ds.records[0])
+    mine = ds.records == name
+    out = model.predict(read_record(synth_db, name).signal, params={"positions": ds.samples[mine].tolist()})
+    assert out["position"].tolist() == ds.samples[mine].tolist()
+    np.testing.assert_allclose(out["score"].to_numpy(), expected[mine], rtol=1e-6)
+
+
+def test_another_sampling_rate_is_resampled_not_scored_as_360(logged_model: tuple, small_teacher: dict, synth_db: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """ECG recorded at 250 Hz with params fs=250 is resampled to the model's 360 Hz: the beats are found where the
+    annotations are (positions in the input's 250 Hz samples), as many as at 360 Hz."""
+    import mlflow.pyfunc
+    from scipy.signal import resample_poly
+
+    from sibeatgan.data.records import read_record
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged_model[0])
+    model = mlflow.pyfunc.load_model(logged_model[1])
+    ds, _ = _dataset_scores(small_teacher)
+    rec = read_record(synth_db, str(ds.records[0]))
+    at250 = resample_poly(rec.signal, 25, 36, axis=0)
+    base = model.predict(rec.signal)
+    got = model.predict(at250, params={"fs": 250.0})
+    assert abs(len(got) - len(base)) <= 2
+    ann = np.rint(rec.ann_samples * 250 / 360)
+    near = np.abs(got["position"].to_numpy()[:, None] - ann[None]).min(axis=1) <= 3
+    assert near.mean() > 0.9
+    with pytest.raises(Exception, match="sampling rate fs"):
+        model.predict(at250, params={"fs": float("nan")})
+
+
+def test_a_broken_model_is_an_error_not_a_verdict(small_teacher: dict, tmp_path: Path) -> None:
+    """A generator whose weights hold NaN scores NaN: that is an error, never `anomalous=False`."""
+    import torch
+
+    from sibeatgan.errors import CheckpointError
+    from sibeatgan.modelio import load_generator
+    from sibeatgan.pyfunc import BeatScorer, preprocess_settings
+
+    gen, _ = load_generator(small_teacher["generator"])
+    with torch.no_grad():
+        next(gen.parameters()).fill_(float("nan"))
+    scorer = BeatScorer(gen, 0.05, preprocess_settings(small_teacher["dataset"]))
+    ds, _ = _dataset_scores(small_teacher)
+    with pytest.raises(CheckpointError, match=r"non-finite score"):
+        scorer.predict(ds.float_beats(np.arange(4)).reshape(4, -1))
+    with pytest.raises(Exception, match="not a finite number"):
+        BeatScorer(gen, float("nan"), preprocess_settings(small_teacher["dataset"]))
