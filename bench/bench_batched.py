@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -71,6 +72,8 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # sibeatgan.device.select sets the CPU thread count from this: --threads, else torch's own (as these figures were taken)
+    os.environ["SIBEATGAN_TORCH_THREADS"] = str(args.threads) if args.threads else os.environ.get("SIBEATGAN_TORCH_THREADS", "torch")
     members = [int(k) for k in args.members.split(",")]
     impls = args.impl.split(",")
     runs = {("single", 1, "-"): make("single", 1, args, "auto")}

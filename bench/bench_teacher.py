@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    # sibeatgan.device.select sets the CPU thread count from this: --threads, else torch's own (as these figures were taken)
+    os.environ["SIBEATGAN_TORCH_THREADS"] = str(a.threads) if a.threads else os.environ.get("SIBEATGAN_TORCH_THREADS", "torch")
     if a.dataset:
         train, every = dataset_beats(a.dataset)
         source = str(a.dataset)

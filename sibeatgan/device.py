@@ -1,9 +1,19 @@
-"""Device and precision, decided once per run: where tensors live, whether bf16 autocast and CUDA graphs apply."""
+"""Device and precision, decided once per run: where tensors live, whether bf16 autocast and CUDA graphs apply,
+and on the CPU how many threads torch uses.
+
+CPU threads (bench/threads.md): torch's default is one thread per core, and on a machine where other work
+holds the cores its threads wait on each other at every parallel region; there one thread trained 2-5 times
+faster than two, while on an idle 2-core machine two were about 1.4 times faster than one. The thread count
+also changes the float rounding of what is learnt, so it must not follow the load. On the CPU `select` sets
+it from $SIBEATGAN_TORCH_THREADS: unset, 1 (the default); a positive integer: that many; `torch`: torch's own
+default (one per core, or OMP_NUM_THREADS) left as it is.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -56,12 +66,41 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
+THREADS_ENV = "SIBEATGAN_TORCH_THREADS"
+DEFAULT_CPU_THREADS = 1
+
+
+def cpu_threads(setting: str | None) -> int | None:
+    """torch's CPU thread count for `setting` ($SIBEATGAN_TORCH_THREADS): unset or empty, DEFAULT_CPU_THREADS;
+    a positive integer, that; `torch`, None (torch's own count left as it is)."""
+    value = (setting or "").strip().lower()
+    if not value:
+        return DEFAULT_CPU_THREADS
+    if value == "torch":
+        return None
+    n = int(value) if value.isdigit() else 0
+    if n < 1:
+        raise ConfigError(f"{THREADS_ENV}: {setting!r} is not a positive integer or torch")
+    return n
+
+
+def set_cpu_threads() -> int:
+    """Set torch's CPU thread count as $SIBEATGAN_TORCH_THREADS says (`cpu_threads`); returns the count in use."""
+    n = cpu_threads(os.environ.get(THREADS_ENV))
+    if n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+        log.info("torch uses %d CPU thread(s) (%s=%s; `torch` for one per core)", n, THREADS_ENV, os.environ.get(THREADS_ENV, ""))
+    return torch.get_num_threads()
+
+
 def select(device: str = "auto", amp: bool = False, cuda_graph: bool = False) -> Runtime:
-    """Resolve the device and the precision switches once; on the CPU amp and graphs are turned off (logged)."""
+    """Resolve the device and the precision switches once; on the CPU amp and graphs are turned off (logged), and
+    torch's thread count is set (`set_cpu_threads`)."""
     dev = resolve_device(device)
     if dev.type != "cuda":
         if amp:
             log.info("amp (bf16 autocast) is for CUDA only; running in float32 on %s", dev)
+        set_cpu_threads()
         return Runtime(dev, False, False)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
