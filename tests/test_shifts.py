@@ -201,3 +201,62 @@ def test_synthetic_is_a_selection_of_every_step_and_the_search_maximises_it(tmp_
     assert study.direction.name == "MAXIMIZE" and study.user_attrs["criterion"] == "val_synthetic_auc"
     with pytest.raises(Exception, match="bogus"):
         open_study(TuneConfig(study_name="bad"), "bogus", tmp_path)
+
+
+# --- the bet: shifted beats as NT-Xent negatives (CSI), off by default -----------------------------
+
+
+def test_nt_xent_negatives_enter_only_the_denominator():
+    from sibeatgan.losses import nt_xent
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    plain = nt_xent(z1, z2, 0.2)
+    assert torch.equal(nt_xent(z1, z2, 0.2, None), plain)
+    neg = torch.randn(8, 16, generator=g, requires_grad=True)
+    with_neg = nt_xent(z1, z2, 0.2, neg)
+    assert with_neg > plain  # more terms in every anchor's denominator
+    with_neg.backward()
+    assert neg.grad is not None and neg.grad.abs().sum() > 0  # the negatives are pushed away: gradient reaches them
+    far = nt_xent(z1, z2, 0.2, -torch.cat([z1, z2])[:8] * 100)  # negatives opposite to anchors barely count
+    assert far - plain < with_neg - plain
+
+
+def test_a_student_with_shift_negatives_trains_and_is_off_by_default():
+    from sibeatgan.device import Runtime
+    from sibeatgan.models import Generator
+    from sibeatgan.train.student import StudentTrainer
+
+    rt = Runtime(torch.device("cpu"))
+    teacher = Generator(1, 64, 8, 8)
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (64, 1, 64)).astype(np.float32))
+    plain = StudentTrainer(teacher, rt, ndf=8, batch_size=32, seed=1)
+    assert plain.shift_negatives is False
+    bet = StudentTrainer(teacher, rt, ndf=8, batch_size=32, seed=1, shift_negatives=True)
+    terms_plain, terms_bet = plain.generator_terms(x[:32]), bet.generator_terms(x[:32])
+    torch.testing.assert_close(terms_plain.reconstruction, terms_bet.reconstruction)
+    assert terms_bet.contrastive > terms_plain.contrastive  # 32 more negatives per anchor
+    bet.set_train_data(x)
+    row = bet.train_epoch()
+    assert row["steps"] == 2 and np.isfinite(row["loss_con"])
+    with pytest.raises(ValueError, match="eagerly"):
+        StudentTrainer(teacher, rt, ndf=8, batch_size=32, shift_negatives=True, graphs=object())
+
+
+def test_the_bet_s_two_level_bootstrap_counts_the_seed_spread():
+    from bench.bet import two_level
+    from sibeatgan.metrics import paired_compare_units
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    records, labels = rng.integers(0, 25, n).astype(str), (rng.random(n) < 0.3).astype(int)
+    a = [rng.normal(size=n) + labels for _ in range(3)]
+    b = [x + rng.normal(scale=0.3, size=n) + shift * labels for x, shift in zip(a, (-0.3, 0.0, 0.3))]  # seeds disagree
+    same = two_level(a, a, labels, records, 200)
+    assert same["delta_auc"] == 0 and same["delta_auc_ci"] == [0.0, 0.0]
+    two = two_level(a, b, labels, records, 400)
+    one = paired_compare_units([(x, y, labels, records) for x, y in zip(a, b)], 400)
+    assert two["delta_auc"] == pytest.approx(one["delta_auc"])
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(two["delta_auc_ci"]) > 2 * width(one["delta_auc_ci"])  # the seed-to-seed spread widens the interval
+    assert two["delta_auc_ci"][0] < 0 < two["delta_auc_ci"][1]
