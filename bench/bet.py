@@ -7,11 +7,13 @@ beats, epochs and init (the teacher's weights), final epoch kept (no selection, 
 - bet: the student plus `shift_negatives` (shifted copies of each batch, sibeatgan.shifts, as extra NT-Xent negatives).
 Every model is scored on the same fixed random subset of fold 0's test beats; the comparisons (bet vs control, bet vs
 student, student vs control) use a two-level paired bootstrap written here: each resample draws the seeds with
-replacement, then, within each drawn seed, the records with replacement (both arms on the same resampled beats);
-delta = mean over the drawn seeds of AUC(b) - AUC(a). The record-only bootstrap (sibeatgan.metrics.paired_compare_units,
-seeds fixed) is reported beside it.
+replacement and, once, the records with replacement (seeds and records are crossed: every seed is scored on the same
+beats); delta = mean over the drawn seeds of AUC(b) - AUC(a), both arms on the same resampled beats. The record-only
+bootstrap (sibeatgan.metrics.paired_compare_units, seeds fixed) is reported beside it.
 
     python bench/bet.py data/mitdb --teacher-dir bench/out/criterion --results bench/results/bet-cpu-2026-12-03
+    python bench/bet.py --report bench/results/bet-cpu-2026-12-03      # bet.md's tables, from the per-beat scores alone
+    python bench/bet.py --recompare bench/results/bet-cpu-2026-12-03   # the comparisons again from the scores, into bet.json
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def two_level(a: list[np.ndarray], b: list[np.ndarray], labels: np.ndarray, reco
               seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
     """Paired two-level bootstrap of mean AUC(b) - AUC(a) over units (seeds) that share the same test beats.
 
-    a[u], b[u]: the two models' scores of unit u. Each resample draws len(a) units with replacement and, for each
-    drawn unit, records with replacement (beats weighted by their record's count); AUCs come from
+    a[u], b[u]: the two models' scores of unit u. Seeds and patients are crossed (every seed is scored on the same
+    records), so each resample draws len(a) units with replacement and, once, the records with replacement; every
+    drawn unit is scored on those same resampled beats (a beat weighs its record's count). Drawing records anew for
+    each unit would treat the patients as nested in seeds and shrink their share of the spread. AUCs come from
     sibeatgan.metrics' weighted ranking, so ties count half as everywhere else."""
     from sibeatgan.metrics import _p_value, _Ranking, interval
 
@@ -49,22 +53,79 @@ def two_level(a: list[np.ndarray], b: list[np.ndarray], labels: np.ndarray, reco
     ranks = [(_Ranking(np.asarray(x, np.float64), positive), _Ranking(np.asarray(y, np.float64), positive)) for x, y in zip(a, b)]
     full = [rb.evaluate(np.ones((1, positive.size)))["auc"][0] - ra.evaluate(np.ones((1, positive.size)))["auc"][0] for ra, rb in ranks]
     rng = np.random.default_rng(seed)
-    deltas = np.zeros(n_bootstrap)
-    for slot in range(units):  # the slot-th drawn unit of every resample
-        drawn = rng.integers(0, units, n_bootstrap)
-        counts = rng.multinomial(n_rec, np.full(n_rec, 1 / n_rec), size=n_bootstrap).astype(np.float64)
-        for u in range(units):
-            rows = np.flatnonzero(drawn == u)
-            if rows.size:
-                w = counts[rows][:, rec]
-                ra, rb = ranks[u]
-                deltas[rows] += rb.evaluate(w)["auc"] - ra.evaluate(w)["auc"]
-    deltas /= units
+    drawn = rng.integers(0, units, (n_bootstrap, units))  # the units of each resample
+    counts = rng.multinomial(n_rec, np.full(n_rec, 1 / n_rec), size=n_bootstrap).astype(np.float64)
+    per_unit = np.empty((n_bootstrap, units))  # delta of unit u on each resample's records
+    for start in range(0, n_bootstrap, 250):
+        w = counts[start : start + 250][:, rec]
+        for u, (ra, rb) in enumerate(ranks):
+            per_unit[start : start + 250, u] = rb.evaluate(w)["auc"] - ra.evaluate(w)["auc"]
+    deltas = np.take_along_axis(per_unit, drawn, axis=1).mean(1)
     return {"delta_auc": float(np.mean(full)), "per_unit_delta": [float(x) for x in full], "delta_auc_ci": interval(deltas, ci),
-            "p_auc": _p_value(deltas), "n_bootstrap": n_bootstrap, "units": units, "records": n_rec, "bootstrap": "two-level (seeds, records)"}
+            "p_auc": _p_value(deltas), "n_bootstrap": n_bootstrap, "units": units, "records": n_rec,
+            "bootstrap": "two-level (seeds, records crossed)"}
+
+
+PAIRS = (("bet_vs_control", "control", "bet"), ("bet_vs_student", "student", "bet"), ("student_vs_control", "control", "student"))
+
+
+def compare(scores: dict[str, list[np.ndarray]], labels: np.ndarray, records: np.ndarray, n_bootstrap: int) -> dict[str, Any]:
+    """Every comparison of PAIRS: the two-level bootstrap and, beside it, the record-only one with the seeds fixed."""
+    from sibeatgan.metrics import paired_compare_units
+
+    out = {}
+    for name, a, b in PAIRS:
+        two = two_level(scores[a], scores[b], labels, records, n_bootstrap)
+        rec = paired_compare_units([(x, y, labels, records) for x, y in zip(scores[a], scores[b])], n_bootstrap)
+        keep = ("auc_a", "auc_b", "delta_auc", "delta_auc_ci", "p_auc")
+        out[name] = {"two_level": two, "record_only": {k: rec[k] for k in keep}}
+    return out
+
+
+def load_scores(results: Path) -> tuple[dict[str, Any], dict[str, list[np.ndarray]], np.ndarray, np.ndarray]:
+    saved = json.loads((results / "bet.json").read_text())
+    beats = np.load(results / "test_beats.npz")
+    scores = {arm: [np.load(results / f"{arm}_s{s}.npz")["score"] for s in saved["seeds"]] for arm in ARMS}
+    return saved, scores, beats["label"], beats["record"]
+
+
+def report(results: Path) -> str:
+    """The tables of bench/bet.md, recomputed from the committed per-beat scores (and checked against bet.json)."""
+    from sibeatgan.metrics import ranked_metrics
+
+    saved, scores, labels, records = load_scores(results)
+    teacher_auc = ranked_metrics(np.load(results / "teacher.npz")["score"], labels != 0)["auc"]
+    lines = [f"Teacher: test AUC {teacher_auc:.4f} on these beats.", "", "| seed | " + " | ".join(ARMS) + " |", "|---|" + "---|" * len(ARMS)]
+    for i, s in enumerate(saved["seeds"]):
+        aucs = [ranked_metrics(scores[arm][i], labels != 0)["auc"] for arm in ARMS]
+        for arm, auc in zip(ARMS, aucs):
+            run = next(r for r in saved["runs"] if r["arm"] == arm and r["seed"] == s)
+            if not np.isclose(run["test_auc"], auc, rtol=0, atol=1e-12):
+                raise SystemExit(f"seed {s} {arm}: bet.json says {run['test_auc']}, the scores give {auc}")
+        lines.append(f"| {s} | " + " | ".join(f"{a:.4f}" for a in aucs) + " |")
+    lines += ["", "| comparison (b - a) | delta AUC | two-level 95% interval | p | record-only interval (seeds fixed) | p |",
+              "|---|---|---|---|---|---|"]
+    for name, c in saved["comparisons"].items():
+        a, b = name.split("_vs_")[1], name.split("_vs_")[0]
+        two = two_level(scores[a], scores[b], labels, records, c["two_level"]["n_bootstrap"])
+        if not np.allclose(two["delta_auc_ci"], c["two_level"]["delta_auc_ci"], rtol=0, atol=1e-12):
+            raise SystemExit(f"{name}: bet.json's interval {c['two_level']['delta_auc_ci']} is not the scores' {two['delta_auc_ci']}")
+        r = c["record_only"]
+        lines.append(f"| {name} | {two['delta_auc']:+.4f} | [{two['delta_auc_ci'][0]:+.4f}, {two['delta_auc_ci'][1]:+.4f}] | "
+                     f"{two['p_auc']:.3f} | [{r['delta_auc_ci'][0]:+.4f}, {r['delta_auc_ci'][1]:+.4f}] | {r['p_auc']:.3f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        print(report(Path(sys.argv[2])))
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--recompare":  # the comparisons again, from the per-beat scores, into bet.json
+        results = Path(sys.argv[2])
+        saved, scores, labels, records = load_scores(results)
+        saved["comparisons"] = compare(scores, labels, records, next(iter(saved["comparisons"].values()))["two_level"]["n_bootstrap"])
+        (results / "bet.json").write_text(json.dumps(saved, indent=2))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", type=Path)
     p.add_argument("--teacher-dir", type=Path, required=True, help="folder of bench/criterion.py's teacher.pt (trained there if absent)")
@@ -84,7 +145,7 @@ def main() -> None:
 
     from bench.criterion import fold_data, scores_of, train_teacher
     from sibeatgan.device import Runtime
-    from sibeatgan.metrics import paired_compare_units, ranked_metrics
+    from sibeatgan.metrics import ranked_metrics
     from sibeatgan.train.student import StudentTrainer
     from sibeatgan.train.teacher import _select_train
 
@@ -114,15 +175,12 @@ def main() -> None:
             runs.append({"arm": arm, "seed": s, "test_auc": auc, "train_s": round(time.perf_counter() - t0, 1),
                          "loss_con": [r["loss_con"] for r in losses], "loss_kd": [r["loss_kd"] for r in losses]})
             log.info("seed %d %s: test AUC %.4f (%.0f s)", s, arm, auc, runs[-1]["train_s"])
-    comparisons = {}
-    for name, a, b in (("bet_vs_control", "control", "bet"), ("bet_vs_student", "student", "bet"), ("student_vs_control", "control", "student")):
-        two = two_level(scores[a], scores[b], test_y, test_r, args.n_bootstrap)
-        rec = paired_compare_units([(x, y, test_y, test_r) for x, y in zip(scores[a], scores[b])], args.n_bootstrap)
-        comparisons[name] = {"two_level": two, "record_only": {k: rec[k] for k in ("auc_a", "auc_b", "delta_auc", "delta_auc_ci", "p_auc")}}
+    comparisons = compare(scores, test_y, test_r, args.n_bootstrap)
     result = {
         "machine": "2 shared CPU cores (load ~20 from other sessions), torch threads %d" % args.threads, "command": " ".join(sys.argv),
         "fold": args.fold, "seeds": seeds, "epochs": args.epochs, "train_beats": args.train_beats,
-        "teacher": {"epochs": args.teacher_epochs, "beats": args.teacher_beats, "test_auc": ranked_metrics(teacher_scores, test_y != 0)["auc"]},
+        "teacher": {"epochs": args.teacher_epochs, "beats": args.teacher_beats,
+                    "test_auc": ranked_metrics(teacher_scores, test_y != 0)["auc"]},
         "n_test": len(d["test"]), "test_anomalous": int((test_y != 0).sum()), "arms": ARMS, "runs": runs, "comparisons": comparisons,
         "dataset_hash": d["dataset_hash"], "split_hash": d["split_hash"], "seconds": round(time.perf_counter() - started, 1),
     }

@@ -12,6 +12,7 @@ read here only, to judge the criteria; no choice is made with them). Reported: K
     python bench/criterion.py data/mitdb bench/out/criterion --results bench/results/criterion-cpu-2026-12-03
 
 Writes OUT/criterion.json and, under --results, criterion.json and one float32 npz of per-beat scores per trial.
+`python bench/criterion.py --report RESULTS` recomputes every figure from those scores and prints criterion.md's tables.
 """
 
 from __future__ import annotations
@@ -82,7 +83,51 @@ def kendall(a: list[float], b: list[float]) -> dict[str, float]:
     return {"tau": float(r.statistic), "p": float(r.pvalue)}
 
 
+def recompute(results: Path) -> dict[str, Any]:
+    """Every per-trial figure and Kendall tau of criterion.json, again from the committed per-beat scores alone."""
+    from sibeatgan.metrics import ranked_metrics
+    from sibeatgan.shifts import KINDS, separation_auc
+
+    saved = json.loads((results / "criterion.json").read_text())
+    rows = []
+    for r in saved["rows"]:
+        z = np.load(results / f"trial_{r['trial']:02d}.npz")
+        sv, ss, kinds = z["val_score"], z["synthetic_score"], z["synthetic_kind"]
+        row = {"trial": r["trial"], "val_normal_mse": float(sv[z["val_label"] == 0].astype(np.float64).mean()),
+               "synthetic_auc": separation_auc(sv, ss), "val_auc": ranked_metrics(sv, z["val_label"] != 0)["auc"],
+               "test_auc": ranked_metrics(z["test_score"], z["test_label"] != 0)["auc"]}
+        row.update({f"synthetic_auc_{k}": separation_auc(sv, ss[kinds == i]) for i, k in enumerate(KINDS)})
+        rows.append(row)
+    test = [r["test_auc"] for r in rows]
+    crit = {"normal_mse (clean, negated)": [-r["val_normal_mse"] for r in rows],
+            "synthetic_auc (synthetic)": [r["synthetic_auc"] for r in rows], "val_auc (paper)": [r["val_auc"] for r in rows]}
+    crit.update({f"synthetic_auc_{k} (one kind)": [r[f"synthetic_auc_{k}"] for r in rows] for k in KINDS})
+    return {"rows": rows, "kendall_tau_with_test_auc": {name: kendall(v, test) for name, v in crit.items()},
+            "test_auc_of_pick": {name: test[int(np.argmax(v))] for name, v in crit.items()}}
+
+
+def report(results: Path) -> str:
+    """The tables of bench/criterion.md, recomputed from the per-beat scores (and checked against criterion.json)."""
+    saved, again = json.loads((results / "criterion.json").read_text()), recompute(results)
+    for a, b in zip(saved["rows"], again["rows"]):
+        for k, v in b.items():
+            if not np.isclose(a[k], v, rtol=1e-5, atol=1e-9):
+                raise SystemExit(f"trial {a['trial']} {k}: criterion.json says {a[k]}, the scores give {v}")
+    lines = ["| trial | lr | alpha | beta | lambda | T | tau | normal MSE | synthetic AUC | val AUC | test AUC |", "|" + "---|" * 11]
+    for s, r in zip(saved["rows"], again["rows"]):
+        lines.append(f"| {r['trial']} | {s['lr']:.2e} | {s['alpha']:.3f} | {s['beta']:.3f} | {s['lambda_fm']:.3f} | {s['T']:.2f} | "
+                     f"{s['tau']:.3f} | {r['val_normal_mse']:.5f} | {r['synthetic_auc']:.4f} | {r['val_auc']:.4f} | {r['test_auc']:.4f} |")
+    lines += ["", "| criterion (higher is better) | Kendall tau with test AUC | p | test AUC of the trial it picks |", "|---|---|---|---|"]
+    for name, t in again["kendall_tau_with_test_auc"].items():
+        lines.append(f"| {name} | {t['tau']:+.3f} | {t['p']:.3f} | {again['test_auc_of_pick'][name]:.4f} |")
+    lines.append(f"| (best test AUC of any trial) | | | {max(r['test_auc'] for r in again['rows']):.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        print(report(Path(sys.argv[2])))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", type=Path)
     p.add_argument("out", type=Path)
@@ -96,6 +141,7 @@ def main() -> None:
     p.add_argument("--val-beats", type=int, default=1500)
     p.add_argument("--test-beats", type=int, default=3000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--extend", action="store_true", help="keep the trials already in RESULTS/criterion.json, run only the new ones")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -121,10 +167,17 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
     tune, base = TuneConfig(), StudentConfig(fold=args.fold, epochs=args.epochs, max_train_beats=args.train_beats, device="cpu")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    done = json.loads((args.results / "criterion.json").read_text())["rows"] if args.extend else []
     for t in range(args.trials):
         trial = study.ask()
         cfg = suggest(trial, tune, base)
+        if t < len(done):  # --extend: the sampler draws the same trials again; keep what was measured
+            if any(not np.isclose(done[t][k], v) for k, v in trial.params.items()):
+                raise SystemExit(f"--extend: trial {t}'s parameters {trial.params} are not the saved ones; run afresh")
+            rows.append(done[t])
+            study.tell(trial, done[t]["synthetic_auc"])
+            continue
         idx = _select_train(d["part"].train, args.train_beats, cfg.seed)
         tr = StudentTrainer(teacher, Runtime(torch.device("cpu")), lambda_fm=cfg.lambda_fm, alpha=cfg.alpha, beta=cfg.beta, T=cfg.T,
                             tau=cfg.tau, lr=cfg.lr, seed=cfg.seed)
@@ -147,8 +200,8 @@ def main() -> None:
                             test_index=d["test"].astype(np.int32), test_score=st, test_label=test_y.astype(np.int8),
                             test_record=ds.records[d["test"]])
     test = [r["test_auc"] for r in rows]
-    crit = {"normal_mse (clean, negated)": [-r["val_normal_mse"] for r in rows], "synthetic_auc (synthetic)": [r["synthetic_auc"] for r in rows],
-            "val_auc (paper)": [r["val_auc"] for r in rows]}
+    crit = {"normal_mse (clean, negated)": [-r["val_normal_mse"] for r in rows],
+            "synthetic_auc (synthetic)": [r["synthetic_auc"] for r in rows], "val_auc (paper)": [r["val_auc"] for r in rows]}
     crit.update({f"synthetic_auc_{k} (one kind)": [r[f"synthetic_auc_{k}"] for r in rows] for k in KINDS})
     taus = {name: kendall(v, test) for name, v in crit.items()}
     picks = {name: int(np.argmax(v)) for name, v in crit.items()}
@@ -159,7 +212,8 @@ def main() -> None:
         "val_anomalous": int((val_y != 0).sum()), "test_anomalous": int((test_y != 0).sum()),
         "dataset_hash": d["dataset_hash"], "split_hash": d["split_hash"], "kendall_tau_with_test_auc": taus,
         "test_auc_of_pick": {name: test[i] for name, i in picks.items()}, "best_test_auc": max(test), "rows": rows,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1) + (json.loads((args.results / "criterion.json").read_text())["seconds"]
+                                                              if args.extend else 0.0),
     }
     text = json.dumps(result, indent=2)
     (args.out / "criterion.json").write_text(text)

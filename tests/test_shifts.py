@@ -260,3 +260,13 @@ def test_the_bet_s_two_level_bootstrap_counts_the_seed_spread():
     width = lambda ci: ci[1] - ci[0]  # noqa: E731
     assert width(two["delta_auc_ci"]) > 2 * width(one["delta_auc_ci"])  # the seed-to-seed spread widens the interval
     assert two["delta_auc_ci"][0] < 0 < two["delta_auc_ci"][1]
+
+
+def test_the_committed_criterion_and_bet_figures_recompute_from_their_scores():
+    """bench/criterion.md and bench/bet.md: every figure again from the committed per-beat scores (no model)."""
+    from bench import bet, criterion
+
+    root = Path(__file__).resolve().parents[1] / "bench" / "results"
+    table = criterion.report(root / "criterion-cpu-2026-12-03")  # raises when criterion.json disagrees with the scores
+    assert "| synthetic_auc (synthetic) |" in table
+    assert "| bet_vs_control |" in bet.report(root / "bet-cpu-2026-12-03")
