@@ -147,7 +147,7 @@ class TeacherConfig(Section):
     batch_size: int = 64
     epochs: int = 100
     d_reinit_threshold: float = 5e-6
-    selection: Literal["clean", "paper"] = "clean"
+    selection: Literal["clean", "paper", "synthetic"] = "clean"  # synthetic: label-free, AUC vs shifted validation beats
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: bool = False
@@ -215,7 +215,7 @@ class StudentConfig(Section):
     beta2: float = 0.999
     batch_size: int = 64
     epochs: int = 20
-    selection: Literal["clean", "paper"] = "clean"
+    selection: Literal["clean", "paper", "synthetic"] = "clean"  # synthetic: label-free, AUC vs shifted validation beats
     seed: int = 0
     device: str = "auto"
     amp: bool = False

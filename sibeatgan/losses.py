@@ -109,9 +109,12 @@ def attention_transfer_loss(feats_s: list[torch.Tensor] | tuple[torch.Tensor, ..
     return total
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: Weight) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: Weight, negatives: torch.Tensor | None = None) -> torch.Tensor:
     """SimCLR's NT-Xent of two views (..., N, d): for each of the 2N anchors its other view is the positive and
-    the 2(N-1) other embeddings the negatives; cosine similarity over tau; mean over anchors. Returns (...)."""
+    the 2(N-1) other embeddings the negatives; cosine similarity over tau; mean over anchors. Returns (...).
+
+    negatives (..., M, d), optional: more negatives of every anchor (CSI's shifted instances: embeddings of
+    distribution-shifted beats, pushed away from every real view); they are never anchors themselves."""
     z = F.normalize(torch.cat([z1, z2], dim=-2).float(), dim=-1)
     n = z1.shape[-2]
     sim = z @ z.transpose(-1, -2) / _per_member(tau, 2)
@@ -119,6 +122,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: Weight) -> torch.Tensor:
     sim = sim.masked_fill(eye, float("-inf"))
     pos = torch.arange(2 * n, device=z.device).add(n).remainder(2 * n)
     positive = sim.gather(-1, pos.expand(sim.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    if negatives is not None:
+        neg = F.normalize(negatives.float(), dim=-1)
+        sim = torch.cat([sim, z @ neg.transpose(-1, -2) / _per_member(tau, 2)], dim=-1)
     return (torch.logsumexp(sim, dim=-1) - positive).mean(-1)
 
 
@@ -173,9 +179,11 @@ class StudentLoss(nn.Module):
 
     def forward(self, x: torch.Tensor, reconstruction: torch.Tensor, features_real: torch.Tensor, features_fake: torch.Tensor,
                 code_s: torch.Tensor, code_t: torch.Tensor, proj1: torch.Tensor, proj2: torch.Tensor,
-                maps_s: list[torch.Tensor] | None = None, maps_t: list[torch.Tensor] | None = None) -> StudentLossOutput:
+                maps_s: list[torch.Tensor] | None = None, maps_t: list[torch.Tensor] | None = None,
+                proj_neg: torch.Tensor | None = None) -> StudentLossOutput:
         """x, reconstruction: (..., b, nc, L); features_*: D's maps (..., b, C, L'); code_*: (..., b, nz);
-        proj1/2: projections of two views (..., b, p); maps_*: encoder feature maps, needed for kd="attention"."""
+        proj1/2: projections of two views (..., b, p); maps_*: encoder feature maps, needed for kd="attention";
+        proj_neg (..., m, p): projections of shifted beats, extra NT-Xent negatives (off when None)."""
         rec = mse_trailing(x, reconstruction, 3)
         fm = mse_trailing(features_real, features_fake, 3)
         l_g = rec + self.lambda_fm * fm
@@ -185,5 +193,5 @@ class StudentLoss(nn.Module):
             if maps_s is None or maps_t is None:
                 raise ValueError("kd='attention' needs the encoder feature maps of student and teacher")
             kd = attention_transfer_loss(maps_s, maps_t)
-        con = nt_xent(proj1, proj2, self.tau)
+        con = nt_xent(proj1, proj2, self.tau, proj_neg)
         return StudentLossOutput(l_g + self.alpha * kd + self.beta * con, l_g, rec, fm, kd, con)

@@ -6,7 +6,8 @@ at once and trains them as one group of members in one process (`sibeatgan.train
 callback reports each member's validation criterion every epoch and stops the members the pruner
 prunes; at the end each trial is told its best value (or pruned, or failed). The objective never sees
 the test split: `clean` selection (label-free, the default) minimises the normal validation beats'
-reconstruction error, `paper` maximises validation AUC; the study records which.
+reconstruction error, `paper` maximises validation AUC, `synthetic` (label-free) maximises the AUC of the
+validation beats against shifted copies of them (sibeatgan.shifts); the study records which.
 
 Crashed workers: every running trial carries a heartbeat (a user attribute a thread refreshes);
 before asking, a worker fails the running trials whose heartbeat is older than `grace_s` and enqueues
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sibeatgan.config import replace, to_dict
 from sibeatgan.errors import ConfigError, SibeatganError
-from sibeatgan.train.loop import Callback, Control
+from sibeatgan.train.loop import CRITERIA, Callback, Control
 
 if TYPE_CHECKING:
     import optuna
@@ -90,14 +91,17 @@ def open_study(tune: TuneConfig, selection: str, out: Path, worker: int = 0) -> 
     sampler = optuna.samplers.TPESampler(seed=tune.seed + worker, multivariate=True, constant_liar=True,
                                          n_startup_trials=max(tune.group_size, 4))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=tune.group_size, n_warmup_steps=tune.pruner_warmup_epochs)
-    direction = "maximize" if selection == "paper" else "minimize"
+    if selection not in CRITERIA:
+        raise ConfigError(f"selection: {selection!r} is not one of {', '.join(CRITERIA)}")
+    criterion, higher = CRITERIA[selection]
+    direction = "maximize" if higher else "minimize"
     study = optuna.create_study(study_name=tune.study_name, storage=storage_for(tune, out), sampler=sampler, pruner=pruner,
                                 direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise ConfigError(f"study {tune.study_name!r} exists with direction {study.direction.name.lower()}, but selection "
                           f"{selection!r} needs {direction}: use another study name or storage")
     study.set_user_attr("selection", selection)
-    study.set_user_attr("criterion", "val_auc" if selection == "paper" else "val_normal_mse")
+    study.set_user_attr("criterion", criterion)
     return study
 
 

@@ -8,8 +8,9 @@ runs, the same for all of them:
   epoch loop: a fresh order of the beats, then per batch the trainer's `step`, run eagerly or warmed up,
   captured once as a CUDA graph and replayed, and one read of the device at the end (the summed losses);
 - after each epoch the validation beats (on the device since the start) are scored by every member,
-  and each member keeps its best epoch by the selection criterion: `clean` (label-free: mean
-  reconstruction error of normal validation beats, lower is better) or `paper` (validation AUC);
+  and each member keeps its best epoch by the selection criterion: `clean` (mean reconstruction error
+  of normal validation beats, lower is better), `paper` (validation AUC) or `synthetic` (label-free:
+  AUC of all validation beats against synthetic anomalies made from them, higher is better);
   the selected generator is saved with its threshold, chosen on validation beats without test labels;
 - one checkpoint per epoch holds the trainer state and the selection state, so a killed run resumes
   where it stopped; it refuses to resume on another dataset, split or config;
@@ -45,7 +46,8 @@ from sibeatgan.train.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-CRITERIA = {"clean": ("val_normal_mse", False), "paper": ("val_auc", True)}  # name, higher is better
+# name, higher is better; synthetic: label-free AUC of every validation beat against its shifted copy (sibeatgan.shifts)
+CRITERIA = {"clean": ("val_normal_mse", False), "paper": ("val_auc", True), "synthetic": ("val_synthetic_auc", True)}
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN autotuning, Adam state)
 
 
@@ -338,6 +340,11 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
     device = rt.device if rt is not None else next(trainer.generator(0).parameters()).device
     trainer.set_train_data(data.train_x)
     val_x = data.val_x.to(device, torch.float32)
+    synthetic_x = None
+    if settings.selection == "synthetic":  # drawn once, so every epoch (and every trial) is judged on the same beats
+        from sibeatgan.shifts import synthesize
+
+        synthetic_x = synthesize(val_x)[0]
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.json"
     histories: list[list[dict[str, Any]]] = [[] for _ in range(K)]
     best: list[float | None] = [None] * K
@@ -384,6 +391,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
             started = time.perf_counter()
             losses = trainer.train_epoch(progress.on_step)
             scores = np.asarray(trainer.score(val_x, settings.eval_batch_size)).reshape(K, -1)
+            shifted = None if synthetic_x is None else np.asarray(trainer.score(synthetic_x, settings.eval_batch_size)).reshape(K, -1)
             rows: list[dict[str, Any] | None] = []
             for k in range(K):
                 if not control.active(k):
@@ -391,6 +399,10 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                     continue
                 row = {"epoch": epoch, **{name: _member_value(v, k) for name, v in losses.items()}}
                 row.update(_validation(scores[k], val_labels, val_normal))
+                if shifted is not None:
+                    from sibeatgan.shifts import separation_auc
+
+                    row["val_synthetic_auc"] = separation_auc(scores[k], shifted[k])
                 value = row[criterion]
                 improved = False
                 if "alive" in row and not row["alive"]:  # a batched member whose loss went non-finite froze itself

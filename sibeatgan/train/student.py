@@ -71,6 +71,7 @@ class StudentTrainer(DistillTrainer):
         proj_out: int = 64,
         seed: int = 0,
         graphs: Any = None,
+        shift_negatives: bool = False,
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, not {init!r}")
@@ -102,6 +103,10 @@ class StudentTrainer(DistillTrainer):
             graphs = GeneratorCudaGraphs([self.aug_gen])
         self.graphs = graphs
         self._capturable = runtime.is_cuda and isinstance(self.graphs, CudaGraphs)
+        # the bet of bench/bet.md (CSI): shifted copies of each batch (sibeatgan.shifts) as extra NT-Xent negatives
+        self.shift_negatives = bool(shift_negatives)
+        if self.shift_negatives and self.graphs is not None:
+            raise ValueError("shift_negatives draws shifted beats of data-dependent shapes; it runs eagerly only (graphs=None)")
         self._fused = runtime.is_cuda
         # on CUDA a tensor lr, so that set_hparams(lr=...) reaches a captured graph too
         lr_value = torch.tensor(float(lr), device=dev) if self._fused else float(lr)
@@ -150,10 +155,16 @@ class StudentTrainer(DistillTrainer):
                 code_t, maps_t = self.teacher.encoder(x), None
             features_real = self.D(x).features
         features_fake = self.D(rec).features
+        views = self.views(x)
+        if self.shift_negatives:
+            from sibeatgan.shifts import shift_batch
+
+            views = torch.cat([views, shift_batch(x, self.aug_gen)])
         with batch_stats_only(self.G.encoder):
-            z = self.G.encoder(self.views(x))
-        p1, p2 = self.head(z).chunk(2)
-        return self.loss(x, rec, features_real, features_fake, code_s.flatten(1), code_t.flatten(1), p1, p2, maps_s, maps_t)
+            z = self.G.encoder(views)
+        p1, p2, *neg = self.head(z).split(x.shape[0])
+        return self.loss(x, rec, features_real, features_fake, code_s.flatten(1), code_t.flatten(1), p1, p2, maps_s, maps_t,
+                         neg[0] if neg else None)
 
     def step(self) -> None:
         """One D step and one G step on train_x[idx]; the same callable runs eagerly and under capture."""
