@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sibeatgan.errors import ConfigError
 
@@ -41,6 +42,21 @@ DS2_RECORDS: tuple[str, ...] = (
     "100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210",
     "212", "213", "214", "219", "221", "222", "228", "231", "232", "233", "234",
 )
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe_name(value: str) -> str:
+    """A name that becomes a file or folder name (a study's trial folders, a record's files, a registry's folders): one plain
+    path component, so it can never reach outside the folder it is put in."""
+    if not _SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a plain name: 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                         "(names become folder and file names, so no path may hide in one)")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class Section(BaseModel):
@@ -72,7 +88,7 @@ class IngestConfig(Section):
 
     source: str = "physionet"
     database: str = "mitdb"
-    records: tuple[str, ...] = ()  # empty: every record the source has
+    records: tuple[SafeName, ...] = ()  # empty: every record the source has
     verify_checksums: bool = True
     s3_endpoint_url: str | None = None  # e.g. a MinIO or moto server; None: AWS defaults
     cache_dir: str = "~/.cache/sibeatgan"
@@ -81,7 +97,7 @@ class IngestConfig(Section):
 class PreprocessConfig(Section):
     """Beat extraction by the BeatGAN protocol (DESIGN.md, 'Evaluation protocol')."""
 
-    records: tuple[str, ...] = BEATGAN_RECORDS  # records missing from the source are an error
+    records: tuple[SafeName, ...] = BEATGAN_RECORDS  # records missing from the source are an error
     leads: tuple[str, ...] = ("MLII",)  # ("MLII", "V1") style names, or ("all",) for both columns
     fs: int = 360
     on_other_fs: Literal["refuse", "resample"] = "refuse"
@@ -103,7 +119,7 @@ class PreprocessConfig(Section):
 class ValidateConfig(Section):
     """The validation gate: record-level and beat-level expectations."""
 
-    records: tuple[str, ...] = BEATGAN_RECORDS  # the records the pipeline uses; ("all",): every record in the folder
+    records: tuple[SafeName, ...] = BEATGAN_RECORDS  # the records the pipeline uses; ("all",): every record in the folder
     fs: int = 360
     n_leads: int = 2
     required_lead: str = "MLII"
@@ -244,7 +260,7 @@ class StudentConfig(Section):
 class TuneConfig(Section):
     """The Optuna search over the student's lambda, T, tau (and alpha, beta, lr, init); ranges are [low, high]."""
 
-    study_name: str = "si-beatgan-student"
+    study_name: SafeName = "si-beatgan-student"  # also the folder of its trials, OUT/trials/<study_name>
     storage: str | None = None  # None: an Optuna journal file in the output folder; or postgresql://... (secret on a cluster)
     n_trials: int = 24  # the study's trial budget (shared by every worker)
     group_size: int = 4  # trials asked at once and trained together as one group of members
@@ -377,6 +393,8 @@ def _one_line(cls: type, err: ValidationError) -> str:
     e = errors[0]
     if e["type"] == "literal_error":
         message = f"{e['input']!r} is not one of {e.get('ctx', {}).get('expected', '')}"
+    elif e["type"] == "value_error" and e.get("ctx", {}).get("error") is not None:
+        message = str(e["ctx"]["error"])  # a validator's own sentence: it names the value where that helps
     else:
         message = f"{_MESSAGES.get(e['type'], e['msg'])}, got {e['input']!r}"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -489,7 +507,7 @@ class TrackingConfig(Section):
     parent_run_id: str | None = None  # every step's run is nested under it (the pipeline run's own MLflow run)
     retries: int = 3  # sends of the journal at the end of a step before a warning
     http_timeout_s: float = 15.0  # a refused connection fails at once; a busy server gets this long
-    model_name: str = "si-beatgan"
+    model_name: SafeName = "si-beatgan"
     n_bootstrap: int = 1000  # promotion gate: record-level paired bootstrap
     alpha: float = 0.05  # the candidate is "worse" when its AUC is lower with p < alpha
     seed: int = 0

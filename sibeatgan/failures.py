@@ -109,11 +109,12 @@ def _mlflow(e: BaseException, chain: list[BaseException]) -> tuple[str, int] | N
     if "failed with exception" in text or "failed with timeout exception" in text:
         inner = next((str(c) for c in chain[chain.index(e) + 1 :]), text)
         return f"MLflow at {uri} cannot be reached ({_unreachable(inner + ' ' + text)})", EXIT_INFRA
-    if code == "RESOURCE_DOES_NOT_EXIST" or http == 404:
-        return f"MLflow at {uri}: {_first(e)}", EXIT_USAGE
+    said = re.sub(r"^[A-Z_]+: ", "", _first(e))  # a server error's text without its code's name
+    if code == "RESOURCE_DOES_NOT_EXIST" or http == 404 or re.search(r"not found|does not exist", said, re.IGNORECASE):
+        return f"MLflow at {uri}: {said}", EXIT_USAGE  # an unknown model, alias, version or run
     if code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE"):
-        return f"MLflow: {_first(e)}", EXIT_USAGE
-    return f"MLflow at {uri} failed: {_first(e)}", EXIT_INFRA
+        return f"MLflow: {said}", EXIT_USAGE
+    return f"MLflow at {uri} failed: {said}", EXIT_INFRA
 
 
 def _http(e: BaseException) -> tuple[str, int] | None:

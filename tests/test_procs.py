@@ -77,6 +77,8 @@ def kill_and_check_no_child_survives(proc: subprocess.Popen, sig: int, within_s:
     return kids
 
 
+# a student of conftest's small_teacher, small and on the CPU
+STUDENT = ("nz=16", "ngf=8", "ndf=8", "device=cpu", "cuda_graph=false", "max_train_beats=256")
 needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the process tree from /proc (Linux)")
 
 
@@ -99,16 +101,11 @@ def test_preprocess_workers_die_with_the_command(mitdb_dir, tmp_path, sig):
 
 
 @needs_proc
-def test_tune_workers_die_with_the_command(synth_dataset, tmp_path):
-    r = sib("train-teacher", "--dataset", str(synth_dataset), "--out", str(tmp_path / "teacher"), "--epochs", "1", "--device", "cpu",
-            "--no-progress", "--no-track", "--set", "ngf=8", "--set", "ndf=8", "--set", "nz=8", "--set", "max_train_beats=256",
-            "--set", "cuda_graph=false")
-    assert r.returncode == 0, r.stderr
+def test_tune_workers_die_with_the_command(small_teacher, tmp_path):
     out = tmp_path / "tune"
-    proc = start("tune", "--dataset", str(synth_dataset), "--teacher", str(tmp_path / "teacher"), "--out", str(out), "--trials", "4",
-                 "--workers", "2", "--group-size", "1", "--no-track", "--set", "student.epochs=500", "--set", "student.device=cpu",
-                 "--set", "student.nz=8", "--set", "student.ngf=8", "--set", "student.ndf=8",
-                 "--set", "student.max_train_beats=256", "--set", "student.cuda_graph=false")
+    proc = start("tune", "--dataset", str(small_teacher["dataset"]), "--teacher", str(small_teacher["train"]), "--out", str(out),
+                 "--trials", "4", "--workers", "2", "--group-size", "1", "--no-track",
+                 *[f"--set=student.{s}" for s in STUDENT], "--set=student.epochs=500")
     try:
         # both workers are training: each has its trial's folder
         wait_for(lambda: len(list((out / "trials").glob("*/*"))) >= 2 or proc.poll() is not None, 300, "two trials to start")
