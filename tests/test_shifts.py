@@ -255,7 +255,7 @@ def test_the_bet_s_two_level_bootstrap_counts_the_seed_spread():
     same = two_level(a, a, labels, records, 200)
     assert same["delta_auc"] == 0 and same["delta_auc_ci"] == [0.0, 0.0]
     two = two_level(a, b, labels, records, 400)
-    one = paired_compare_units([(x, y, labels, records) for x, y in zip(a, b)], 400)
+    one = paired_compare_units([(x, y, labels, records) for x, y in zip(a, b)], 400, level="record")
     assert two["delta_auc"] == pytest.approx(one["delta_auc"])
     width = lambda ci: ci[1] - ci[0]  # noqa: E731
     assert width(two["delta_auc_ci"]) > 2 * width(one["delta_auc_ci"])  # the seed-to-seed spread widens the interval
