@@ -169,8 +169,12 @@ def run_pipeline(image: str, docker_host: str, url: str, password: str, out: Pat
     os.environ["DOCKER_HOST"] = docker_host
     sys.path.insert(0, str(ROOT))
     import docker
+    import docker.client
     from kfp import local
 
+    # kfp's task handler calls docker.from_env() with the SDK's 60 s timeout; on vfs storage creating a container
+    # copies the whole image (minutes on a busy machine), so the create call needs longer.
+    docker.client.DEFAULT_TIMEOUT_SECONDS = int(os.environ.get("DOCKER_CLIENT_TIMEOUT", "1200"))
     from components import IMAGE
 
     assert IMAGE == image, (IMAGE, image)
