@@ -158,7 +158,8 @@ def test_search_student_and_registration() -> None:
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     for name in ("trials", "workers", "members_per_worker", "tune_epochs", "student_epochs", "mlflow_uri", "optuna_storage"):
         assert name in params, name
-    assert params["optuna_storage"]["defaultValue"] == "" and params["mlflow_uri"]["defaultValue"] == "http://mlflow:5000"
+    assert params["optuna_storage"]["defaultValue"] == "" and params["mlflow_uri"]["defaultValue"] == \
+        "http://sibeatgan-mlflow.sibeatgan.svc.cluster.local:5000"
     outputs = pipeline["root"]["outputDefinitions"]
     assert outputs["parameters"]["registered"]["parameterType"] == "STRUCT" and outputs["artifacts"]["teachers"]["isArtifactList"]
 
