@@ -9,7 +9,9 @@ their combination, standardized on normal validation beats) -> paired record-lev
 
     python bench/compact.py DATASET TEACHER OUT --device cpu --epochs 10 --max-train-beats 16384 --seeds 0,1
 
-Writes OUT/compact.json (and prints it). Training resumes from OUT/students if it was stopped.
+Everything is the shared protocol, sibeatgan.steps.protocol.run_protocol (the pipeline's pieces); a student's extra
+scores are evaluated as `student-s<seed>@<score>` and compared as `student_<score>_vs_teacher` / `_vs_control`.
+Writes OUT/compact.json (and prints it). Training resumes from OUT/candidates if it was stopped.
 """
 
 from __future__ import annotations
@@ -42,63 +44,35 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from sibeatgan.compare import run_compare
-    from sibeatgan.config import EvaluateConfig, StudentConfig, replace
-    from sibeatgan.evaluate import run_evaluate
+    from sibeatgan.config import EvaluateConfig, StudentConfig
     from sibeatgan.models.student import generator_flops
     from sibeatgan.modelio import load_generator
-    from sibeatgan.train.distill import train_student_group
+    from sibeatgan.steps.protocol import run_protocol
 
     out, ds = args.out, args.dataset
     seeds = [int(s) for s in args.seeds.split(",")]
-    scores = args.scores.split(",")
+    extra = [k for k in args.scores.split(",") if k != "reconstruction"]
     teacher = args.teacher / "generator.pt" if args.teacher.is_dir() else args.teacher
-    timings: dict[str, float] = {}
-
     t = time.perf_counter()
     base = StudentConfig(fold=args.fold, selection=args.selection, ngf=args.ngf, init="scratch", epochs=args.epochs, device=args.device,
                          max_train_beats=args.max_train_beats)
-    members = [replace(base, seed=s) for s in seeds] + [replace(base, seed=s, alpha=0.0, beta=0.0) for s in seeds]
-    results = train_student_group(members, ds, teacher, out / "students")
-    timings["train_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    econf = EvaluateConfig(device=args.device, n_bootstrap=args.eval_bootstrap, plots=False)
-    evals = {"teacher": out / "eval" / "teacher"}
-    run_evaluate(econf, ds, teacher, evals["teacher"])
-    for k, r in enumerate(results):
-        who = "student" if k < len(seeds) else "control"
-        seed = seeds[k % len(seeds)]
-        for kind in scores if who == "student" else ["reconstruction"]:
-            name = f"{who}_{kind}_s{seed}"
-            evals[name] = out / "eval" / name
-            run_evaluate(replace(econf, score=kind), ds, Path(r["generator"]), evals[name])
-    timings["evaluate_s"] = time.perf_counter() - t
-
-    cconf = EvaluateConfig(n_bootstrap=args.n_bootstrap)
-    teachers = [evals["teacher"]] * len(seeds)
-    controls = [evals[f"control_reconstruction_s{s}"] for s in seeds]
-    comparisons = {}
-    for kind in scores:
-        students = [evals[f"student_{kind}_s{s}"] for s in seeds]
-        comparisons[f"student_{kind}_vs_teacher"] = run_compare(cconf, ds, teachers, students, out / "compare" / f"student_{kind}_vs_teacher")
-        comparisons[f"student_{kind}_vs_control"] = run_compare(cconf, ds, controls, students, out / "compare" / f"student_{kind}_vs_control")
-    comparisons["control_vs_teacher"] = run_compare(cconf, ds, teachers, controls, out / "compare" / "control_vs_teacher")
-    figures = {}
-    for name, folder in evals.items():
-        fold = json.loads((folder / "evaluation.json").read_text())["folds"][str(args.fold)]
-        figures[name] = {k: fold[k] for k in ("auc", "ap", "auc_ci")} | {"f1_at_threshold": fold["operating"]["f1"]}
+    # the shared protocol: compact students and compact controls per seed (one batched group), evaluated on the same test
+    # beats (the students also by each extra score), paired comparisons pooled over seeds, the winner on validation
+    result = run_protocol(base, ds, teacher, out, seeds=seeds, extra_scores=extra,
+                          evaluate=EvaluateConfig(device=args.device, n_bootstrap=args.eval_bootstrap, plots=False),
+                          compare=EvaluateConfig(n_bootstrap=args.n_bootstrap))
+    timings = {"protocol_s": time.perf_counter() - t}
     t_gen, _ = load_generator(teacher)
-    s_gen, _ = load_generator(results[0]["generator"])
+    s_gen, _ = load_generator(next(r["generator"] for r in result["trained"].values() if r.get("generator")))
     flops = {"teacher": generator_flops(t_gen, t_gen.nc, t_gen.length), "student": generator_flops(s_gen, s_gen.nc, s_gen.length)}
     report = {"fold": args.fold, "selection": args.selection, "seeds": seeds, "args": {k: str(v) for k, v in vars(args).items()},
-              "flops": flops, "flops_ratio": flops["student"] / flops["teacher"], "members": results, "figures": figures,
-              "comparisons": comparisons, "timings": timings}
+              "flops": flops, "flops_ratio": flops["student"] / flops["teacher"], "members": result["trained"], "figures": result["figures"],
+              "comparisons": result["comparisons"], "winner": result["winner"], "timings": timings}
     (out / "compact.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps({k: report[k] for k in ("flops_ratio", "figures", "timings")}, indent=2, default=str))
-    for name, c in comparisons.items():
+    print(json.dumps({k: report[k] for k in ("flops_ratio", "figures", "winner", "timings")}, indent=2, default=str))
+    for name, c in report["comparisons"].items():
         pooled = c.get("pooled", c)
-        print(name, json.dumps(pooled.get("auc", pooled), default=str)[:200])
+        print(name, json.dumps({k: pooled.get(k) for k in ("delta_auc", "delta_auc_ci", "p_auc")}, default=str))
 
 
 if __name__ == "__main__":

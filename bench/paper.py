@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 log = logging.getLogger("paper")
 
-PROTOCOLS = {"beatgan": {"split": "beatgan", "selection": "paper", "folds": (0, 1, 2, 3, 4), "score": "auto"},
+# bench/paper.md (pre-registered): both models scored by reconstruction error, no search unless --search is given
+PROTOCOLS = {"beatgan": {"split": "beatgan", "selection": "paper", "folds": (0, 1, 2, 3, 4), "score": "reconstruction"},
              "clean": {"split": "interpatient", "selection": "clean", "folds": (0,), "score": "reconstruction"}}
 
 
@@ -108,7 +109,7 @@ def _keep_eval(src: Path, dst: Path) -> None:
 def _teacher(args: argparse.Namespace, protocol: str, fold: int, seed: int, out: Path) -> dict[str, Any]:
     """A unit's teacher (and a search's): the protocol's split and selection, `--teacher-epochs`, trained afresh."""
     from sibeatgan.config import TeacherConfig
-    from sibeatgan.train.teacher import run_train_teacher
+    from sibeatgan.steps.train import run_train_teacher
 
     p = PROTOCOLS[protocol]
     return run_train_teacher(TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed,
@@ -131,17 +132,19 @@ def _publish(tmp: Path, out: Path, name: str) -> None:
 
 
 def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, results: list[Path], out: Path) -> dict[str, Any]:
+    """One unit: its teacher, then the shared protocol (sibeatgan.steps.protocol.run_protocol): the best student and its
+    control as one batched group, every model evaluated on the unit's test beats (and by its reconstruction error where
+    it chose another score), the winner on validation."""
     from sibeatgan.config import EvaluateConfig, StudentConfig, replace
-    from sibeatgan.evaluate import run_evaluate
     from sibeatgan.files import write_json
-    from sibeatgan.train.distill import train_student_group
+    from sibeatgan.steps.protocol import run_protocol
 
     p = PROTOCOLS[protocol]
     name = unit_name(protocol, fold, seed)
-    best_path = find_best(protocol, fold, out, *results)
-    if best_path is None:
+    best_path = find_best(protocol, fold, out, *results) if args.search else None
+    if args.search and best_path is None:
         raise SystemExit(f"{name}: no {search_name(protocol, fold)}/best.json in {out} or {', '.join(map(str, results))}; run its search first")
-    student = json.loads(best_path.read_text())["student"]
+    student = json.loads(best_path.read_text())["student"] if best_path else {}  # no search: StudentConfig's defaults (paper.md)
     work = args.work / name
     shutil.rmtree(work, ignore_errors=True)  # a unit is trained whole or not at all: nothing resumed from another attempt
     timings: dict[str, float] = {}
@@ -152,43 +155,33 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     t = time.perf_counter()
     best = replace(StudentConfig(**student), split=p["split"], fold=fold, selection=p["selection"], epochs=args.student_epochs,
                    max_train_beats=args.student_max_train_beats, device=args.device, seed=seed, score=p["score"])
-    members = [best, replace(best, alpha=0.0, beta=0.0)]
-    trained = train_student_group(members, args.dataset, work / "teacher", work / "students")
-    timings["students_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    econf = EvaluateConfig(split=p["split"], device=args.device, n_bootstrap=args.eval_bootstrap, plots=False)
-    evals = {"teacher": (Path(teacher["generator"]), "model")}
-    failed = [who for who, r in zip(("student", "control"), trained) if not r.get("generator")]
-    for who, r in zip(("student", "control"), trained):
-        if r.get("generator"):  # a member with no finite validation epoch has no model: the unit is recorded as failed
-            evals[who] = (Path(r["generator"]), "model")
-            if r["score"]["kind"] != "reconstruction":  # its reconstruction error too, beside the score it chose
-                evals[f"{who}_reconstruction"] = (Path(r["generator"]), "reconstruction")
+    result = run_protocol(best, args.dataset, work / "teacher", work, evaluate=EvaluateConfig(split=p["split"], device=args.device,
+                          n_bootstrap=args.eval_bootstrap, plots=False), extra_scores=("reconstruction",), extra_for=("student", "control"))
+    timings["protocol_s"] = time.perf_counter() - t
+    trained = result["trained"]
+    failed = [who for who in ("student", "control") if not trained[who].get("generator")]
     tmp = _staging(out, name)
     figures: dict[str, Any] = {}
-    for who, (model, kind) in evals.items():
-        result = run_evaluate(replace(econf, score=kind), args.dataset, model, work / "eval" / who)
-        _keep_eval(work / "eval" / who, tmp / "eval" / who)
-        f = result["folds"][str(fold)]
-        figures[who] = {"auc": f["auc"], "ap": f["ap"], "auc_ci": f.get("auc_ci"), "f1_at_threshold": f["operating"]["f1"],
-                        "score": f.get("score"), "n": f["n"]}
-    timings["evaluate_s"] = time.perf_counter() - t
-    for who, folder in (("teacher", work / "teacher"), ("students", work / "students")):
+    for who, folder in result["evaluations"].items():  # `student@reconstruction` is kept as eval/student_reconstruction
+        kept = who.replace("@", "_")
+        _keep_eval(Path(folder), tmp / "eval" / kept)
+        figures[kept] = {k: result["figures"][who][k] for k in ("auc", "ap", "auc_ci", "f1_at_threshold", "score", "n")}
+    for who, folder in (("teacher", work / "teacher"), ("students", work / "candidates")):
         for f in folder.rglob("*.json"):
-            if f.name in ("metrics.json", "score.json"):
+            if f.name in ("metrics.json", "score.json", "model_card.json"):
                 target = tmp / "train" / who / f.relative_to(folder)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, target)
     unit = {"unit": name, "status": f"failed ({', '.join(failed)}: no model selected)" if failed else "done",
             "protocol": protocol, "split": p["split"], "selection": p["selection"], "fold": fold, "seed": seed,
-            "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures, "best": str(best_path),
-            "student_config": student, "scores": {who: r.get("score", {}).get("kind") for who, r in zip(("student", "control"), trained)},
-            "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
+            "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures,
+            "best": str(best_path) if best_path else "none (StudentConfig defaults, bench/paper.md)",
+            "student_config": student, "scores": {who: (trained[who].get("score") or {}).get("kind") for who in ("student", "control")},
+            "winner": result["winner"], "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
     write_json(tmp / "unit.json", unit)
     _publish(tmp, out, name)
-    log.info("%s %s in %.0f s on %s: %s", name, unit["status"], unit["seconds"], unit["card"],
-             ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()))
+    log.info("%s %s in %.0f s on %s: %s; %s wins on validation", name, unit["status"], unit["seconds"], unit["card"],
+             ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()), result["winner"]["winner"])
     return unit
 
 
@@ -197,7 +190,7 @@ def run_search(args: argparse.Namespace, protocol: str, fold: int) -> dict[str, 
     the trials in `<protocol>-f<fold>-search/`, which the fold's units read. Validation beats only, never test ones."""
     from sibeatgan.config import StudentConfig, TuneConfig
     from sibeatgan.files import write_json
-    from sibeatgan.train.distill import run_tune
+    from sibeatgan.steps.tune import run_tune
 
     p = PROTOCOLS[protocol]
     out = args.out or args.results
@@ -257,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         name = unit_name(protocol, fold, seed)
         if name in done_units(out, *results):
             continue
-        if find_best(protocol, fold, out, *results) is None:
+        if args.search and find_best(protocol, fold, out, *results) is None:
             if not fits(search_name(protocol, fold), "search"):
                 break
             ran.append(run_search(args, protocol, fold)["unit"])
@@ -274,7 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     done = done_units(args.results)
     for protocol, fold, seed in plan(args.protocols.split(","), seeds):
         name = unit_name(protocol, fold, seed)
-        if seed == seeds[0]:
+        if seed == seeds[0] and args.search:
             f = Path(args.results) / search_name(protocol, fold) / "search.json"
             u = json.loads(f.read_text()) if f.is_file() else None
             print(f"{search_name(protocol, fold):<20}" + (f"done on {u['card']} in {u['seconds']:.0f} s" if u else "pending"))
@@ -282,6 +275,62 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = "pending" if u is None else f"{u.get('status', 'done')} on {u['card']} in {u['seconds']:.0f} s"
         print(f"{name:<20}{state}")
     return 0
+
+
+def _substitute(src: Path, dst: Path, constant: bool) -> Path:
+    """A copy of the evaluation folder `src` standing in for a failed model (bench/paper.md): its scores as they are
+    (a failed control takes the student's), or all one constant (a failed student: AUC 0.5)."""
+    import numpy as np
+
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    if constant:
+        for f in dst.rglob("scores.npz"):
+            with np.load(f) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            arrays["scores"] = np.zeros_like(arrays["scores"])
+            with open(f, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+    return dst
+
+
+def primary(args: argparse.Namespace, done: dict[str, dict[str, Any]], work: Path) -> tuple[dict[str, Any], list[str]]:
+    """The pre-registered primary comparison (bench/paper.md): student - control over the 15 BeatGAN units, two-level
+    interval, 2,000 resamples, seed 0, a failed student scored as a loss and a failed control as the student; reported
+    only when every planned unit is in."""
+    from sibeatgan.compare import run_compare
+    from sibeatgan.config import EvaluateConfig
+
+    planned = [unit_name(*u) for u in plan(["beatgan"], [int(s) for s in args.seeds.split(",")])]
+    missing = [n for n in planned if n not in done]
+    if missing:
+        return ({"status": "not reported", "units_done": len(planned) - len(missing), "units_planned": len(planned), "missing": missing},
+                [f"**Primary endpoint** (bench/paper.md): not reported, {len(planned) - len(missing)} of {len(planned)} units done "
+                 "(no interim look; the missing units would count as failed students).", ""])
+    controls, students, failed = [], [], []
+    for name in planned:
+        ev = args.results / name / "eval"
+        student_ok, control_ok = (ev / "student").is_dir(), (ev / "control").is_dir()
+        if not student_ok:
+            failed.append(f"{name} (student: scored as a loss)")
+            students.append(_substitute(ev / "teacher", work / "primary-subst" / name / "student", constant=True))
+        else:
+            students.append(ev / "student")
+        if not control_ok:
+            failed.append(f"{name} (control: takes the student's scores)")
+            controls.append(_substitute(students[-1], work / "primary-subst" / name / "control", constant=False))
+        else:
+            controls.append(ev / "control")
+    r = run_compare(EvaluateConfig(n_bootstrap=2000, seed=0), args.dataset, controls, students, args.results / "primary", level="unit+record")
+    pooled = r["pooled"]
+    lo, hi = pooled["delta_auc_ci"]
+    verdict = "the student is better" if lo > 0 else "not shown: the interval includes 0" if hi >= 0 else "the control is better"
+    result = {"status": "reported", "delta_auc": pooled["delta_auc"], "delta_auc_ci": [lo, hi], "p_auc": pooled.get("p_auc"),
+              "level": pooled.get("level"), "units": len(planned), "failed": failed, "verdict": verdict}
+    return result, [f"**Primary endpoint** (bench/paper.md): student - control, pooled delta AUC over {len(planned)} units "
+                    f"{pooled['delta_auc']:+.4f} [{lo:+.4f}, {hi:+.4f}], p {pooled.get('p_auc', float('nan')):.3f} (two-level, "
+                    f"alpha 0.05): {verdict}. Failed units: {len(failed)}" + (f" ({'; '.join(failed)})" if failed else "") + ".",
+                    "", "Everything below is secondary (not pre-registered).", ""]
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -295,10 +344,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     if not done:
         print(f"no unit in {args.results}: nothing to summarize", file=sys.stderr)
         return 1
-    summary: dict[str, Any] = {}
-    lines = ["# Paper-scale protocol: teacher vs best student (bench/paper.py summarize)", ""]
-    cconf = EvaluateConfig(n_bootstrap=args.n_bootstrap)
     work = args.results / ".compare"
+    summary: dict[str, Any] = {}
+    lines = ["# Paper-scale protocol: student vs its no-KD control (bench/paper.py summarize)", ""]
+    summary["primary"], primary_lines = primary(args, done, work)
+    lines += primary_lines
+    cconf = EvaluateConfig(n_bootstrap=args.n_bootstrap)
     for protocol in PROTOCOLS:
         units = sorted((u for u in done.values() if u["protocol"] == protocol and u.get("status", "done") == "done"),
                        key=lambda u: (u["fold"], u["seed"]))
@@ -378,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--tune-epochs", type=int, default=6)
     r.add_argument("--tune-max-train-beats", type=int, default=16384)
     r.add_argument("--student-epochs", type=int, default=10)
+    r.add_argument("--search", action="store_true", help="a search per fold first (secondary: bench/paper.md pre-registers none)")
     r.add_argument("--student-max-train-beats", type=int, default=None)
     r.add_argument("--eval-bootstrap", type=int, default=200)
-    sub.add_parser("status", parents=[common], help="which units are done")
+    st = sub.add_parser("status", parents=[common], help="which units are done (no figures: bench/paper.md, no interim looks)")
+    st.add_argument("--search", action="store_true", help="list the searches too")
     m = sub.add_parser("summarize", parents=[common], help="means and paired comparisons over every unit done")
     m.add_argument("dataset", type=Path)
     m.add_argument("--n-bootstrap", type=int, default=1000)

@@ -4,7 +4,8 @@ teacher (fold F, `--selection`) -> a small Optuna search of the student (groups 
 validation criterion only) -> the best config trained with `--seeds`, next to a control with the same
 init, epochs and seeds but no distillation and no contrastive term (alpha = beta = 0: the teacher simply
 trained on, which DESIGN.md warns moves AUC by +-0.02 on its own) -> every model scored on the same test
-beats -> paired comparisons: student vs teacher, student vs control, per seed and pooled.
+beats -> paired comparisons: student vs teacher, student vs control, per seed and pooled -> the winner on validation.
+Everything after the search is the shared protocol, sibeatgan.steps.protocol.run_protocol (the pipeline's pieces).
 
     python bench/verdict.py DATASET OUT --device cuda --teacher-epochs 30 --trials 8 --group-size 8 ...
 
@@ -43,11 +44,10 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    from sibeatgan.compare import run_compare
     from sibeatgan.config import EvaluateConfig, StudentConfig, TeacherConfig, TuneConfig, replace
-    from sibeatgan.evaluate import run_evaluate
-    from sibeatgan.train.distill import run_tune, train_student_group
-    from sibeatgan.train.teacher import run_train_teacher
+    from sibeatgan.steps.protocol import run_protocol
+    from sibeatgan.steps.train import run_train_teacher
+    from sibeatgan.steps.tune import run_tune
 
     out, ds = args.out, args.dataset
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -64,33 +64,20 @@ def main() -> None:
                      out / "teacher", out / "tune")
     timings["tune_s"] = time.perf_counter() - t
 
+    # the shared protocol: the best student and its no-KD control per seed (one batched group), all evaluated on the same
+    # test beats, paired comparisons pooled over seeds, the winner on validation
     t = time.perf_counter()
     best = replace(StudentConfig(**tuned["student"]), epochs=args.final_epochs)
-    members = [replace(best, seed=s) for s in seeds] + [replace(best, seed=s, alpha=0.0, beta=0.0) for s in seeds]
-    results = train_student_group(members, ds, out / "teacher", out / "final")
-    timings["final_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    econf = EvaluateConfig(device=args.device, n_bootstrap=args.eval_bootstrap, plots=False)
-    evals = {"teacher": out / "eval" / "teacher"}
-    run_evaluate(econf, ds, Path(teacher["generator"]), evals["teacher"])
-    for k, r in enumerate(results):
-        name = f"student_s{seeds[k]}" if k < len(seeds) else f"control_s{seeds[k - len(seeds)]}"
-        evals[name] = out / "eval" / name
-        run_evaluate(econf, ds, Path(r["generator"]), evals[name])
-    timings["evaluate_s"] = time.perf_counter() - t
-
-    cconf = EvaluateConfig(n_bootstrap=args.n_bootstrap)
-    students = [evals[f"student_s{s}"] for s in seeds]
-    controls = [evals[f"control_s{s}"] for s in seeds]
+    result = run_protocol(best, ds, out / "teacher", out, seeds=seeds,
+                          evaluate=EvaluateConfig(device=args.device, n_bootstrap=args.eval_bootstrap, plots=False),
+                          compare=EvaluateConfig(n_bootstrap=args.n_bootstrap))
+    timings["protocol_s"] = time.perf_counter() - t
     verdict = {
         "fold": args.fold, "selection": args.selection, "seeds": seeds, "args": {k: str(v) for k, v in vars(args).items()},
         "teacher": {"generator": teacher["generator"], "best_epoch": teacher["best_epoch"]},
         "search": {k: tuned[k] for k in ("trial", "value", "criterion", "params", "trials")},
-        "student_vs_teacher": run_compare(cconf, ds, [evals["teacher"]] * len(seeds), students, out / "compare" / "student_vs_teacher"),
-        "student_vs_control": run_compare(cconf, ds, controls, students, out / "compare" / "student_vs_control"),
-        "control_vs_teacher": run_compare(cconf, ds, [evals["teacher"]] * len(seeds), controls, out / "compare" / "control_vs_teacher"),
-        "timings": timings,
+        **{k: result["comparisons"][k] for k in ("student_vs_teacher", "student_vs_control", "control_vs_teacher")},
+        "figures": result["figures"], "winner": result["winner"], "timings": timings,
     }
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str) + "\n")
     print(json.dumps(verdict, indent=2, default=str))

@@ -1,4 +1,5 @@
-"""Student components: pick the teacher, create the Optuna study, its workers, the best config, the student.
+"""Student components: pick the teacher, create the Optuna study, its workers, the best config, the candidates (the
+best student and its no-KD control) and the winner on validation.
 
 The workers of one study run as the items of a ParallelFor and meet in one storage: on a cluster the
 PostgreSQL URL of the `sibeatgan-optuna` secret ($OPTUNA_STORAGE), locally an Optuna journal file on the
@@ -22,7 +23,7 @@ def pick_teacher(teachers: Input[List[Model]], evaluations: Input[List[Artifact]
     is seen) and its evaluation, as single artifacts for the steps after the ParallelFor."""
     import shutil
 
-    from sibeatgan.pipeline import pick_run
+    from sibeatgan.steps.protocol import pick_run
 
     fold, seed = int(folds[0]), int(seeds[0])
     model = pick_run(teachers, fold, seed, "teacher")
@@ -36,35 +37,28 @@ def pick_teacher(teachers: Input[List[Model]], evaluations: Input[List[Artifact]
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def create_study(
     teacher: Input[Model], trials: int, workers: int, members_per_worker: int, optuna_storage: str = "", config_yaml: str = "",
-    run_id: str = "local", mlflow_uri: str = "",
+    run_id: str = "local", mlflow_uri: str = "", kfp_run_id: str = "", experiment: str = "",
 ) -> List[int]:
-    """Create the run's study once, before its workers attach, with its MLflow parent run (each trial becomes a
-    nested child run, logged by its worker); returns the workers' indices (the ParallelFor's items; every task
-    derives the study's name from the run id)."""
-    import logging
+    """Create the run's study once, before its workers attach, with its MLflow run under the pipeline's (each trial
+    becomes a nested child run, logged by its worker); returns the workers' indices (the ParallelFor's items; every
+    task derives the study's name from the run id)."""
     import tempfile
     from pathlib import Path
 
-    from sibeatgan.config import StudentConfig, TrackingConfig, to_dict
-    from sibeatgan.pipeline import step_config, tune_config
-    from sibeatgan.search import open_study
-    from sibeatgan.tracking import client_env, flatten, study_run, tracking_uri
+    from sibeatgan.config import StudentConfig
+    from sibeatgan.steps.protocol import pipeline_tracking, step_config, tune_config
+    from sibeatgan.steps.tune import start_study_run
 
     tune = tune_config(config_yaml, trials, workers, members_per_worker, optuna_storage, run_id)
     base = step_config(StudentConfig, config_yaml)
-    tracking = step_config(TrackingConfig, config_yaml, tracking_uri=mlflow_uri or None)
+    tracking = pipeline_tracking(config_yaml, mlflow_uri, kfp_run_id, experiment=experiment or None)
     with tempfile.TemporaryDirectory() as tmp:
-        study = open_study(tune, base.selection, Path(tmp))
-        if mlflow_uri and "mlflow_run_id" not in study.user_attrs:
-            client_env(tracking.http_timeout_s)
-            parent = study_run(tracking_uri(tracking, tmp), Path(tmp) / "tracking", tune.study_name,
-                               {**flatten(to_dict(tune), "tune."), **flatten(to_dict(base), "student.")},
-                               experiment=tracking.experiment, tags={"teacher": teacher.uri, "pipeline_run": run_id})
-            if parent is None:
-                logging.getLogger(__name__).warning("MLflow at %s did not answer: the trials are not logged (the search goes on)",
-                                                    mlflow_uri)
-            else:
-                study.set_user_attr("mlflow_run_id", parent)
+        if tracking is not None:
+            start_study_run(tune, base, tracking, Path(tmp), teacher=teacher.uri, pipeline_run=run_id)
+        else:
+            from sibeatgan.search import open_study
+
+            open_study(tune, base.selection, Path(tmp))
     return list(range(tune.workers))
 
 
@@ -72,76 +66,120 @@ def create_study(
 def tune_worker(
     beats: Input[Dataset], teacher: Input[Model], trials_out: Output[Artifact], worker: int, trials: int, workers: int,
     members_per_worker: int, tune_epochs: int, optuna_storage: str = "", config_yaml: str = "", device: str = "auto",
-    run_id: str = "local", mlflow_uri: str = "",
+    run_id: str = "local", mlflow_uri: str = "", experiment: str = "",
 ):
     """One Optuna worker: asks `members_per_worker` trials at a time and trains them as one batched group, until the
     study's budget is met, each trial a child run of the study's MLflow run; a retried worker rejoins the study (a
     dead one's trials are retried after its heartbeat)."""
     from pathlib import Path
 
-    from sibeatgan.config import StudentConfig, TrackingConfig
-    from sibeatgan.pipeline import step_config, tune_config
+    from sibeatgan.config import StudentConfig
     from sibeatgan.search import open_study
     from sibeatgan.search import tune_worker as work
+    from sibeatgan.steps.protocol import pipeline_tracking, step_config, tune_config
+    from sibeatgan.steps.tune import StudentGroup
     from sibeatgan.tracking import TrialRuns, client_env
-    from sibeatgan.train.distill import StudentGroup
 
     tune = tune_config(config_yaml, trials, workers, members_per_worker, optuna_storage, run_id)
     base = step_config(StudentConfig, config_yaml, fold=int(teacher.metadata["fold"]), epochs=tune_epochs, device=device)
     out = Path(trials_out.path)
     parent = open_study(tune, base.selection, out, int(worker)).user_attrs.get("mlflow_run_id")
+    tracking = pipeline_tracking(config_yaml, mlflow_uri, experiment=experiment or None)
     callbacks = None
-    if mlflow_uri and parent:
-        tracking = step_config(TrackingConfig, config_yaml, tracking_uri=mlflow_uri)
+    if tracking is not None and parent:
         client_env(tracking.http_timeout_s)
         callbacks = TrialRuns(mlflow_uri, out / "tracking", parent, tracking.experiment)
     result = work(tune, base, out, StudentGroup(Path(beats.path), Path(teacher.path)), int(worker), callbacks)
     trials_out.metadata.update(worker=int(worker), told=result["told"], study=tune.study_name)
+    print(f"SIBEATGAN-HEADLINE: worker {worker}: {result['told']} trial(s) told")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def best_config(
     workers_done: Input[List[Artifact]], teacher: Input[Model], best: Output[Dataset], metrics: Output[Metrics], trials: int,
     workers: int, members_per_worker: int, tune_epochs: int, optuna_storage: str = "", config_yaml: str = "", device: str = "auto",
-    run_id: str = "local",
+    run_id: str = "local", mlflow_uri: str = "", experiment: str = "",
 ):
-    """After every worker: best.json (the best trial's student config), summary.json, trials.csv and the study's plots."""
+    """After every worker: best.json (the best trial's student config), summary.json, trials.csv and the study's plots;
+    the study's MLflow run ends FINISHED with the best value and the plots."""
     from pathlib import Path
 
     from sibeatgan.config import StudentConfig
-    from sibeatgan.pipeline import step_config, tune_config
-    from sibeatgan.search import write_outputs
+    from sibeatgan.search import open_study, write_outputs
+    from sibeatgan.steps.protocol import pipeline_tracking, step_config, tune_config
+    from sibeatgan.steps.tune import end_study_run
 
     tune = tune_config(config_yaml, trials, workers, members_per_worker, optuna_storage, run_id)
     base = step_config(StudentConfig, config_yaml, fold=int(teacher.metadata["fold"]), epochs=tune_epochs, device=device)
     summary = write_outputs(tune, base, Path(best.path))
+    end_study_run(pipeline_tracking(config_yaml, mlflow_uri, experiment=experiment or None), open_study(tune, base.selection, Path(best.path)).user_attrs.get("mlflow_run_id"),
+                  summary, Path(best.path))
     best.metadata.update(study=tune.study_name, trial=summary["trial"], criterion=summary["criterion"], params=summary["params"],
                          trials=summary["trials"], workers_told=sum(int(w.metadata.get("told", 0)) for w in workers_done))
     metrics.log_metric(summary["criterion"], float(summary["value"]))
     metrics.log_metric("best_trial", summary["trial"])
+    print(f"SIBEATGAN-HEADLINE: best trial {summary['trial']}: {summary['criterion']} {summary['value']:.4g} "
+          f"({summary['trials'].get('complete', 0)} complete)")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_student(
-    beats: Input[Dataset], teacher: Input[Model], best: Input[Dataset], model: Output[Model], metrics: Output[Metrics], epochs: int,
-    device: str = "auto", checkpoint_root: str = "", run_id: str = "local",
+def train_candidates(
+    beats: Input[Dataset], teacher: Input[Model], best: Input[Dataset], student: Output[Model], control: Output[Model], epochs: int,
+    device: str = "auto", checkpoint_root: str = "", config_yaml: str = "", mlflow_uri: str = "", kfp_run_id: str = "", experiment: str = "",
 ):
-    """The student with the search's best config, distilled from the same fold's teacher; resumes from its checkpoint
-    when the task is retried (as the teacher does)."""
+    """The search's best student and its no-KD control (the same init, epochs, beats and seed; alpha = beta = 0),
+    trained together as one batched group from the same teacher, each its own MLflow run with every epoch; resumes
+    from its content-keyed checkpoint when the task is retried or the run resubmitted."""
     import shutil
     from pathlib import Path
 
+    from sibeatgan.card import read_card
     from sibeatgan.config import StudentConfig, load_config
-    from sibeatgan.train.distill import run_train_student
+    from sibeatgan.files import sha256_file
+    from sibeatgan.steps.protocol import checkpoint_key, pipeline_tracking
+    from sibeatgan.steps.train import run_train_candidates
 
     conf = load_config(StudentConfig, Path(best.path) / "best.json", {"epochs": epochs, "device": device})
-    work = Path(checkpoint_root) / run_id / f"student-fold{conf.fold}-seed{conf.seed}" if checkpoint_root else Path(model.path)
-    result = run_train_student(conf, Path(beats.path), Path(teacher.path), work, resume=True)
-    if work != Path(model.path):
-        shutil.copytree(work, model.path)
-    model.metadata.update(fold=conf.fold, seed=conf.seed, kind="student", selection=result["selection"],
-                          criterion=result["criterion"], best_epoch=result["best_epoch"], trial=best.metadata.get("trial"))
-    metrics.log_metric("best_epoch", result["best_epoch"])
-    metrics.log_metric("epochs", result["epochs"])
-    if result["best_metric"] is not None:
-        metrics.log_metric(result["criterion"], float(result["best_metric"]))
+    key = checkpoint_key("candidates", conf, str(beats.metadata.get("content_hash", "")), sha256_file(Path(teacher.path) / "generator.pt"))
+    work = Path(checkpoint_root) / key if checkpoint_root else Path(student.path).parent / "candidates"
+    results = run_train_candidates(conf, Path(beats.path), Path(teacher.path), work, pipeline_tracking(config_yaml, mlflow_uri, kfp_run_id, experiment=experiment or None))
+    for name, artifact in (("student", student), ("control", control)):
+        shutil.copytree(work / name, artifact.path, ignore=shutil.ignore_patterns("tracking"))
+        card = read_card(artifact.path)
+        artifact.metadata.update(fold=card.fold, seed=card.seed, kind=name, selection=card.selection, criterion=card.criterion,
+                                 best_epoch=card.epoch, validation_metric=card.validation_metric, trial=best.metadata.get("trial"))
+    s, c = results["student"], results["control"]
+    print(f"SIBEATGAN-HEADLINE: student {s['criterion']} {s['best_metric']}, control {c['best_metric']} on validation")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def pick_winner(
+    student: Input[Model], control: Input[Model], student_evaluation: Input[Artifact], control_evaluation: Input[Artifact],
+    comparison: Input[Artifact], winner: Output[Model], evaluation: Output[Artifact], evidence: Output[Artifact],
+):
+    """The model to register: whichever of the student and its no-KD control is better on validation (test figures
+    never enter the choice), with the evidence: the candidates, each one's validation value, the margin, the reason, and
+    the paired test comparison and its table."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from sibeatgan.card import read_card
+    from sibeatgan.files import write_json
+    from sibeatgan.steps.protocol import choose_winner
+
+    comp = json.loads((Path(comparison.path) / "compare.json").read_text())
+    found = choose_winner({"student": read_card(student.path), "control": read_card(control.path)}, comp,
+                          Path(comparison.path) / "table.txt")
+    model, scored = (student, student_evaluation) if found["winner"] == "student" else (control, control_evaluation)
+    shutil.copytree(model.path, winner.path)
+    shutil.copytree(scored.path, evaluation.path)
+    Path(evidence.path).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(comparison.path) / "table.txt", Path(evidence.path) / "comparison.txt")
+    found["table"] = str(Path(evidence.path) / "comparison.txt")
+    write_json(Path(evidence.path) / "evidence.json", found)
+    winner.metadata.update(model.metadata)
+    evaluation.metadata.update(scored.metadata)
+    evidence.metadata.update({k: found[k] for k in ("winner", "criterion", "margin", "reason")})
+    margin = f" by {found['margin']:.4g}" if found["margin"] is not None else ""
+    print(f"SIBEATGAN-HEADLINE: the {found['winner']} wins{margin} on validation {found['criterion']}")

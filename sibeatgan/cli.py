@@ -30,27 +30,16 @@ log = logging.getLogger("sibeatgan")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config: top-level fields, or a section per step.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config field: key=value (repeatable).", metavar="KEY=VALUE")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
-TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow: the tracking section's URI, $MLFLOW_TRACKING_URI, or OUT/../mlruns.db.")
+TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow: the tracking section's URI, $MLFLOW_TRACKING_URI, or runs/mlflow.db.")
 
 
-def _log_outputs(track: bool, config_path: Optional[Path], step: str, conf: Any, out: Path, metrics: dict[str, Any] | None = None,
-                 files: tuple[Path, ...] = (), dataset_hash: str | None = None, split_hash: str | None = None, **tags: Any) -> None:
-    """A finished step's MLflow run: its typed config, its figures, the files a person opens, and the dataset (and
-    split) it read or wrote."""
-    if not track:
-        return
-    from sibeatgan.tracking import step_tracker
+def _tracking(track: bool, config_path: Optional[Path]) -> Any:
+    """The tracking section (of a --config file of sections), or None with --no-track."""
+    from sibeatgan.steps.tracked import tracking_config
 
-    tracker = step_tracker(_tracking_config(config_path), out, step, tags={k: v for k, v in tags.items() if v is not None},
-                           params=cfg.to_dict(conf))
-    if dataset_hash:
-        tracker.log_dataset(dataset_hash, split_hash, context=step)
-    if metrics:
-        tracker.log_metrics(metrics)
-    for path in files:
-        if Path(path).exists():
-            tracker.log_artifact(path)
-    tracker.finish()
+    return tracking_config(config_path) if track else None
+
+_debug = False  # --debug: a failure's traceback too
 
 # Output folders this command is about to create (see `_track_out`); main() removes them, if empty, after a failure.
 _fresh_outs: list[Path] = []
@@ -93,12 +82,21 @@ def _done(step: str, started: float, result: dict[str, Any], keys: tuple[str, ..
 @app.callback()
 def _main(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of a failure, not only its one-line cause."),
 ) -> None:
+    """Every command uses one MLflow store: $MLFLOW_TRACKING_URI when set, else runs/mlflow.db under the working
+    directory (where `python -m pipelines.local` registers its winner), so `promote` and `score` find what a run wrote."""
+    global _debug
+    _debug = debug
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        from sibeatgan.tracking import default_store
+
+        os.environ["MLFLOW_TRACKING_URI"] = default_store()
 
 
 @app.command()
@@ -149,14 +147,15 @@ def validate(
 ) -> None:
     """The pipeline's gate: great-expectations suites on records and beats; exit 1 when any fails."""
     from sibeatgan.data.validation import run_validate
+    from sibeatgan.steps.tracked import log_step
 
     if raw is None and dataset is None:
         raise typer.BadParameter("give --raw, --dataset or both")
     t = time.perf_counter()
     conf = _config(cfg.ValidateConfig, config, set_, records=records)
     result = run_validate(conf, raw, dataset, out)
-    _log_outputs(track, config, "validate", conf, out, {"success": float(bool(result.get("success")))},
-                 (out / "validation.html", out / "validation.json"))
+    log_step(_tracking(track, config), "validate", conf, out, {"success": float(bool(result.get("success")))},
+             (out / "validation.html", out / "validation.json"))
     _done("validate", t, result, ("success",))
 
 
@@ -174,12 +173,14 @@ def preprocess(
 ) -> None:
     """Cut beats by the BeatGAN protocol, assign folds, and write the versioned beat dataset."""
     from sibeatgan.data.preprocess import run_preprocess
+    from sibeatgan.steps.tracked import log_step
 
     t = time.perf_counter()
     conf = _config(cfg.PreprocessConfig, config, set_, records=records, leads=leads, grouping=grouping)
     result = run_preprocess(conf, source, out, progress=progress)
-    _log_outputs(track, config, "preprocess", conf, out, {f"count_{c}": n for c, n in result["counts"].items()} | {"n_beats": result["n_beats"]},
-                 (out / "manifest.json", out / "split" / "split.json"), result["content_hash"], result.get("default_split", {}).get("hash"))
+    log_step(_tracking(track, config), "preprocess", conf, out,
+             {f"count_{c}": n for c, n in result["counts"].items()} | {"n_beats": result["n_beats"]},
+             (out / "manifest.json", out / "split" / "split.json"), result["content_hash"], result.get("default_split", {}).get("hash"))
     _done("preprocess", t, result, ("n_beats", "counts"))
 
 
@@ -202,66 +203,6 @@ def split(
 SplitPathOpt = typer.Option(None, "--split", help="Split artifact folder (default: DATASET/split, written by preprocess).")
 
 
-class _StepTracker:
-    """The step's MLflow run, started when training starts (a step that fails before that leaves no run and no
-    folder behind); journaled in OUT/tracking first, so a server that is away never fails the step."""
-
-    def __init__(self, config_path: Optional[Path], step: str, out: Path, tags: dict[str, Any]):
-        self.config_path, self.step, self.out, self.tags = config_path, step, out, tags
-        self.tracker: Any = None
-
-    def on_fit_start(self, info: dict[str, Any]) -> None:
-        from sibeatgan.tracking import step_tracker
-
-        tracking = _tracking_config(self.config_path)
-        self.tracker = step_tracker(tracking, self.out, self.step, tags={k: v for k, v in self.tags.items() if v is not None})
-        self.tracker.on_fit_start(info)
-
-    def on_epoch_end(self, epoch: int, rows: Any, control: Any) -> None:
-        self.tracker.on_epoch_end(epoch, rows, control)
-
-    def on_fit_end(self, result: dict[str, Any]) -> None:
-        self.tracker.on_fit_end(result)
-
-    def finish(self, files: tuple[str, ...] = (), status: str = "FINISHED") -> None:
-        if self.tracker is None:
-            return
-        for name in files:
-            if (self.out / name).exists():
-                self.tracker.log_artifact(self.out / name)
-        self.tracker.finish(status)
-
-
-def _tracking_config(path: Optional[Path]) -> Any:
-    """The `tracking:` section of a file of sections; a file of one step's top-level fields says nothing of tracking."""
-    import yaml
-
-    if path is not None and Path(path).is_file():
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if isinstance(loaded, dict) and "tracking" in loaded:
-            return cfg.load_config(cfg.TrackingConfig, path)
-    return cfg.TrackingConfig()
-
-
-def _tracker(track: bool, config_path: Optional[Path], step: str, out: Path, **tags: Any) -> list[Any]:
-    """The step's tracking callbacks: one _StepTracker, or none with --no-track. The training loop logs the step's
-    config (`model.*` params), every epoch's values and the dataset lineage through it."""
-    return [_StepTracker(config_path, step, out, tags)] if track else []
-
-
-def _tracked(callbacks: list[Any], train: Any, files: tuple[str, ...] = ("metrics.json",)) -> dict[str, Any]:
-    """train(callbacks), then each step tracker ended with `files` logged: FINISHED, or FAILED if training raised."""
-    try:
-        result = train(callbacks)
-    except BaseException:
-        for cb in callbacks:
-            cb.finish(files, "FAILED")
-        raise
-    for cb in callbacks:
-        cb.finish(files)
-    return result
-
-
 @app.command("train-teacher")
 def train_teacher(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Beat dataset folder (from preprocess)."),
@@ -278,13 +219,11 @@ def train_teacher(
     track: bool = TrackOpt,
 ) -> None:
     """Train the BeatGAN teacher (checkpoint every epoch; a killed run resumes)."""
-    from sibeatgan.train.teacher import run_train_teacher
+    from sibeatgan.steps.train import run_train_teacher
 
     t = time.perf_counter()
     conf = _config(cfg.TeacherConfig, config, set_, epochs=epochs, fold=fold, selection=selection, device=device)
-    tracking = _tracker(track, config, "train-teacher", out, protocol=conf.split, device=conf.device)
-    result = _tracked(tracking, lambda cbs: run_train_teacher(conf, dataset, out, resume=resume, progress=progress, split=split_path,
-                                                              callbacks=cbs))
+    result = run_train_teacher(conf, dataset, out, _tracking(track, config), resume=resume, progress=progress, split=split_path)
     _done("train-teacher", t, result, ("best_epoch", "selection", "criterion", "best_metric"))
 
 
@@ -307,13 +246,11 @@ def train_student(
     track: bool = TrackOpt,
 ) -> None:
     """Distil the self-improving student from a frozen teacher: L_G + alpha KD_T + beta NT-Xent_tau (`--config best.json` from tune)."""
-    from sibeatgan.train.distill import run_train_student
+    from sibeatgan.steps.train import run_train_student
 
     t = time.perf_counter()
     conf = _config(cfg.StudentConfig, config, set_, epochs=epochs, fold=fold, device=device)
-    tracking = _tracker(track, config, "train-student", out, protocol=conf.split, device=conf.device)
-    result = _tracked(tracking, lambda cbs: run_train_student(conf, dataset, teacher, out, resume=resume, progress=progress,
-                                                              split=split_path, callbacks=cbs), ("metrics.json", "score.json"))
+    result = run_train_student(conf, dataset, teacher, out, _tracking(track, config), resume=resume, progress=progress, split=split_path)
     _done("train-student", t, result, ("best_epoch", "selection", "criterion", "best_metric", "score"))
 
 
@@ -334,7 +271,7 @@ def tune(
     """Search the student's lambda, T, tau (and alpha, beta, lr) with Optuna; live view: `optuna-dashboard OUT/study.journal`.
 
     --config takes a file with `tune:` and `student:` sections; --set takes tune.* and student.* keys."""
-    from sibeatgan.train.distill import run_tune
+    from sibeatgan.steps.tune import run_tune
 
     sets = cfg.parse_overrides(set_ or [])
     unknown = sorted(k for k in sets if k.split(".", 1)[0] not in ("tune", "student"))
@@ -345,8 +282,7 @@ def tune(
     tune_conf = _config(cfg.TuneConfig, config, tune_sets, n_trials=trials, workers=workers, group_size=group_size, storage=storage)
     student_conf = _config(cfg.StudentConfig, config, student_sets)
     t = time.perf_counter()
-    tracking = _tracking_config(config) if track else None
-    result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path, tracking=tracking)
+    result = run_tune(tune_conf, student_conf, dataset, teacher, out, split=split_path, tracking=_tracking(track, config))
     _done("tune", t, result, ("trial", "value", "criterion", "params", "trials"))
     typer.echo(f"best trial {result['trial']}: {result['criterion']} {result['value']:.6g} {json.dumps(result['params'])}; "
                f"train it with: sibeatgan train-student --config {Path(out) / 'best.json'} ...")
@@ -367,7 +303,8 @@ def evaluate(
 ) -> None:
     """Score test beats with each model's anomaly score (reconstruction error unless a student chose another; --set score=... for
     a student's other scores); AUC, AP, F1, per-class AUC, bootstrap CIs and plots."""
-    from sibeatgan.evaluate import format_table, run_evaluate
+    from sibeatgan.evaluate import format_table
+    from sibeatgan.steps.evaluate import run_evaluate_step
 
     conf = _config(cfg.EvaluateConfig, config, set_, folds=folds)
     if not conf.folds:
@@ -379,13 +316,8 @@ def evaluate(
     else:
         models = dict(zip(conf.folds, model))
     t = time.perf_counter()
-    result = run_evaluate(conf, dataset, models, out, split=split_path)
+    result = run_evaluate_step(conf, dataset, models, out, _tracking(track, config), split=split_path)
     typer.echo(format_table(result))
-    figures = {f"fold{k}_{m}": f[m] for k, f in result["folds"].items() for m in ("auc", "ap", "f1_oracle") if f.get(m) is not None}
-    figures.update({f"fold{k}_f1_at_threshold": f["operating"]["f1"] for k, f in result["folds"].items() if f.get("operating")})
-    plots = tuple(Path(p) for f in result["folds"].values() for p in f.get("plots", []))
-    _log_outputs(track, config, "evaluate", conf, out, figures, (out / "evaluation.json", out / "table.txt", *plots),
-                 result["dataset_hash"], result.get("split_hash"))
     _done("evaluate", t, result, ("overall",))
 
 
@@ -490,79 +422,78 @@ def track_sync(
 
 
 def main() -> None:
-    """Entry point: clear one-line errors for bad input instead of tracebacks; a failed command
-    removes the --out folder it created if nothing was written into it."""
+    """Entry point: one line instead of a traceback for bad input (exit 2) and for failures of a server, credentials or
+    the disk (exit 3; `--debug` adds the traceback); SIGTERM unwinds like Ctrl-C (workers stopped, temp files removed,
+    exit 143); a failed command removes the --out folder it created if nothing was written into it."""
+    from sibeatgan.failures import EXIT_REFUSED, EXIT_USAGE, describe
+    from sibeatgan.procs import sigterm_unwinds
+    from sibeatgan.tracking import client_env
+
     _fresh_outs.clear()
+    _track_out_args(sys.argv[1:])
+    client_env()  # seconds, not minutes of MLflow's retries, before a server that is away is reported
     failed = True
     try:
-        app()
+        with sigterm_unwinds():
+            app()
         failed = False
     except SystemExit as err:
         failed = err.code not in (0, None)
         raise
     except ValidationFailed as err:
         typer.echo(f"validation failed:\n{err.summary}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_REFUSED)
     except SibeatganError as err:
+        _show_traceback()
         typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except Exception as err:  # noqa: BLE001 - named infrastructure failures in one line; anything else keeps its traceback
+        known = describe(err)
+        if known is None:
+            raise
+        _show_traceback()
+        typer.echo(f"error: {known[0]}", err=True)
+        sys.exit(known[1])
     finally:
         if failed:
             for path in _fresh_outs:
                 _remove_if_empty(path)
 
 
+def _show_traceback() -> None:
+    if _debug or os.environ.get("SIBEATGAN_DEBUG"):
+        import traceback
 
-# --- kfp helper: `sibeatgan pipeline run` (the Kubeflow pipeline on kfp's local runner) ---
-pipeline_app = typer.Typer(help="The Kubeflow pipeline (pipelines/si_beatgan.py) run on this machine.", no_args_is_help=True)
-app.add_typer(pipeline_app, name="pipeline")
+        traceback.print_exc()
 
 
-@pipeline_app.command("run")
-def pipeline_run(
-    source: Optional[str] = typer.Option(None, "--source", help="physionet, a WFDB folder or s3://bucket/prefix (default: synthetic data from the synth step)."),
-    out: Path = typer.Option(Path("runs/pipeline"), "--out", "-o", help="Folder for the run's artifacts, checkpoints and summary.json."),
-    folds: str = typer.Option("0", help="Comma-separated folds to train the teacher on."),
-    seeds: str = typer.Option("0", help="Comma-separated teacher seeds."),
-    epochs: int = typer.Option(10, help="Teacher epochs."),
-    records: Optional[str] = typer.Option(None, help="Comma-separated records (default: the protocol's, or all the synthetic ones)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    trials: int = typer.Option(2, help="Optuna trial budget of the student search (0: no search and no student; the teacher is registered)."),
-    workers: int = typer.Option(2, help="Optuna workers (ParallelFor items, one process each) on the one study."),
-    members_per_worker: int = typer.Option(1, help="Trials each worker trains at once as one batched group."),
-    tune_epochs: int = typer.Option(1, help="Epochs of each trial."),
-    student_epochs: int = typer.Option(2, help="Epochs of the final student."),
-    mlflow_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)."),
-    optuna_storage: Optional[str] = typer.Option(None, help="Optuna storage: a *.journal path or a database URL (default: OUT/optuna/studies.journal)."),
-    config: Optional[Path] = ConfigOpt,
+def _track_out_args(args: list[str]) -> None:
+    """Every command's --out/-o folder that does not exist yet, from the command line (whatever the command declares)."""
+    for i, arg in enumerate(args):
+        if arg in ("--out", "-o") and i + 1 < len(args):
+            _track_out(Path(args[i + 1]))
+        elif arg.startswith("--out="):
+            _track_out(Path(arg.split("=", 1)[1]))
+
+
+
+checkpoints_app = typer.Typer(help="Training checkpoints on a shared volume (the pipeline's checkpoint_root).", no_args_is_help=True)
+app.add_typer(checkpoints_app, name="checkpoints")
+
+
+@checkpoints_app.command("prune")
+def checkpoints_prune(
+    root: Path = typer.Argument(..., help="The checkpoint root (the pipeline's checkpoint_root)."),
+    older_than_days: float = typer.Option(30.0, "--older-than-days", help="Remove training folders untouched this long."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
 ) -> None:
-    """Run the whole pipeline with kfp's local runner (SubprocessRunner, this Python): same components as on a cluster,
-    ending with a model registered under alias `staging` in a local MLflow registry."""
-    from sibeatgan.pipeline import run_pipeline_local
+    """Remove old content-keyed training folders (a resubmitted run with the same config and data resumes from its own)."""
+    from sibeatgan.steps.protocol import prune_checkpoints
 
-    def ints(text: str, name: str) -> list[int]:
-        try:
-            return [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise typer.BadParameter(f"--{name}: {text!r} is not a comma-separated list of integers") from None
-
-    t = time.perf_counter()
-    result = run_pipeline_local(
-        out, source=source, folds=ints(folds, "folds"), seeds=ints(seeds, "seeds"), epochs=epochs, config=config,
-        records=tuple(r.strip() for r in (records or "").split(",") if r.strip()), device=device, trials=trials, workers=workers,
-        members_per_worker=members_per_worker, tune_epochs=tune_epochs, student_epochs=student_epochs, mlflow_uri=mlflow_uri,
-        optuna_storage=optuna_storage,
-    )
-    _done("pipeline", t, result, ())
-    for r in result["runs"]:
-        typer.echo(f"fold {r['fold']} seed {r['seed']}: test AUC {r['auc']:.4f}  AP {r['ap']:.4f}  F1 {r['f1_at_threshold']:.4f} at the "
-                   f"validation threshold  ({r['n']} beats)")
-    reg = result["registered"]
-    typer.echo(f"registered {reg['name']} version {reg['version']} ({reg['kind']}, fold {reg['fold']}, test AUC {reg['auc']:.4f}) "
-               f"as {reg['model_uri']} (alias {reg['alias']}) in {reg['tracking_uri']}")
-    typer.echo(f"artifacts in {result['out']}/kfp, summary in {result['out']}/summary.json")
-    typer.echo(f"MLflow UI: {reg['ui']}")
-
+    removed = prune_checkpoints(root, older_than_days, dry_run)
+    for folder in removed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {folder}")
+    typer.echo(f"{len(removed)} training folder(s) older than {older_than_days:g} days {'found' if dry_run else 'removed'} in {root}")
 
 
 @app.command()
@@ -571,14 +502,17 @@ def compare(
     b: list[Path] = typer.Option(..., "--b", help="Evaluation folder of model b, one per --a, paired in order."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for compare.json and table.txt."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", "-d", help="Beat dataset both were evaluated on (checked when given)."),
+    level: str = typer.Option("auto", "--level", help="Bootstrap level: auto (unit+record with several seeds/folds), unit+record, record."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
+    track: bool = TrackOpt,
 ) -> None:
-    """Paired comparison b - a of AUC and AP on identical test beats, with record-level bootstrap intervals and p-values."""
-    from sibeatgan.compare import format_compare_table, run_compare
+    """Paired comparison b - a of AUC and AP on identical test beats; intervals resample patients, and trained pairs when several."""
+    from sibeatgan.compare import format_compare_table
+    from sibeatgan.steps.evaluate import run_compare_step
 
     t = time.perf_counter()
-    result = run_compare(_config(cfg.EvaluateConfig, config, set_), dataset, a, b, out)
+    result = run_compare_step(_config(cfg.EvaluateConfig, config, set_), dataset, a, b, out, _tracking(track, config), level=level)
     typer.echo(format_compare_table(result))
     _done("compare", t, {}, ())
 

@@ -4,7 +4,9 @@ Both sides must have been scored on identical test beats (same dataset, same ind
 anything else is refused. Intervals and p-values come from a paired bootstrap over records (patients):
 one resample draws patients with replacement and both models are judged on the same drawn beats. Pooled
 over folds and seeds, a drawn patient brings its beats in every fold and seed, so repeated looks at one
-patient are not counted as independent evidence.
+patient are not counted as independent evidence. With more than one trained pair (a unit: a seed, a fold),
+the default level also resamples the units, so the interval counts training variance and not only patients
+(level "unit+record"; the record-only figures of the same draws are reported beside it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.files import write_json, write_text
-from sibeatgan.metrics import paired_compare_units
+from sibeatgan.metrics import COMPARE_LEVELS, paired_compare_units
 
 if TYPE_CHECKING:
     from sibeatgan.config import EvaluateConfig
@@ -61,12 +63,16 @@ def run_compare(
     evaluation_a: Path | Sequence[Path],
     evaluation_b: Path | Sequence[Path],
     out: Path,
+    level: str = "auto",
 ) -> dict[str, Any]:
     """Compare model b against model a per fold and pooled; several folders per side are seeds, paired in order.
 
     Uses config.n_bootstrap, config.ci and config.seed. `dataset` (optional) must be the one both were
-    evaluated on. Writes compare.json and table.txt into `out`.
+    evaluated on. `level`: auto (unit+record where a row has more than one unit, else record), unit+record or
+    record (patients only, each trained model taken as fixed). Writes compare.json and table.txt into `out`.
     """
+    if level not in COMPARE_LEVELS:
+        raise ConfigError(f"compare: unknown level {level!r}; use one of {', '.join(COMPARE_LEVELS)}")
     side_a = [Path(evaluation_a)] if isinstance(evaluation_a, (str, Path)) else [Path(p) for p in evaluation_a]
     side_b = [Path(evaluation_b)] if isinstance(evaluation_b, (str, Path)) else [Path(p) for p in evaluation_b]
     if not side_a or len(side_a) != len(side_b):
@@ -108,10 +114,15 @@ def run_compare(
             units.setdefault(fold, []).append((a["scores"], b["scores"], a["labels"], a["records"]))
             log.debug("pair %d fold %s: %d beats", seed, fold, a["index"].shape[0])
 
+    n_units = sum(len(u) for u in units.values())
+    if level == "unit+record" and n_units < 2:
+        raise ConfigError("compare: level unit+record needs at least 2 trained pairs (seeds or folds); this comparison has 1")
     boot = dict(n_bootstrap=config.n_bootstrap, seed=config.seed, ci=config.ci)
-    per_fold = {fold: paired_compare_units(u, **boot) for fold, u in units.items()}
+    # a fold with one seed has one unit: its row is record-level whatever the level asked for the pooled one
+    per_fold = {fold: paired_compare_units(u, **boot, level=level if len(u) > 1 else "auto") for fold, u in units.items()}
     # one fold: pooled is that fold (the same units and draws), so it is not bootstrapped twice
-    pooled = next(iter(per_fold.values())) if len(units) == 1 else paired_compare_units([x for u in units.values() for x in u], **boot)
+    everything = [x for u in units.values() for x in u]
+    pooled = next(iter(per_fold.values())) if len(units) == 1 else paired_compare_units(everything, **boot, level=level)
     from sibeatgan.config import to_dict
 
     result = {
@@ -121,6 +132,8 @@ def run_compare(
         "dataset_hash": expected,
         "delta": "b - a",
         "groups": "record (patient), shared across folds and seeds",
+        "level": level,
+        "units": "one trained pair (fold, seed); unit+record resamples them too, so training variance counts",
         "folds": per_fold,
         "pooled": pooled,
         "config": to_dict(config),
@@ -145,6 +158,8 @@ def format_compare_table(result: dict[str, Any]) -> str:
     r0 = result["pooled"]
     ci = (f"{100 * r0['ci']:g}% intervals and two-sided p from {r0['n_bootstrap']} paired {r0['bootstrap']}-level resamples"
           if r0.get("delta_auc_ci") else "no intervals (n_bootstrap=0)")
+    if r0.get("delta_auc_ci") and r0["bootstrap"] == "unit+record":
+        ci += f" (the {r0['n_units']} units drawn {r0['units_drawn']} at a time, patients within them)"
     lines = [f"b - a; a: {', '.join(result['a'])}; b: {', '.join(result['b'])}", ci,
              f"{'fold':<8}{'beats':>8}{'rec':>5}  {'AUC a':>7}{'AUC b':>8}  {'delta AUC':<36}{'AP a':>7}{'AP b':>8}  delta AP"]
     rows = [(k, v) for k, v in result["folds"].items()] + [("pooled", r0)]
@@ -157,4 +172,11 @@ def format_compare_table(result: dict[str, Any]) -> str:
                      + ", ".join(f"{k} {v}" for k, v in redrawn.items()))
     if result["n_seeds"] > 1 or len(result["folds"]) > 1:
         lines.append(f"pooled: mean over {len(result['folds'])} fold(s) x {result['n_seeds']} seed(s); patients resampled jointly")
+    record_only = [(name, r) for name, r in rows if r.get("record_only")]
+    for name, r in record_only:
+        ro = r["record_only"]
+        lines.append(f"{name}: record-only (each trained model taken as fixed): delta AUC [{ro['delta_auc_ci'][0]:+.4f}, "
+                     f"{ro['delta_auc_ci'][1]:+.4f}] p={ro['p_auc']:.3f}; unit SD of delta AUC {r['unit_sd_delta_auc']:.4f}")
+    if any(r["n_units"] < 5 for _, r in record_only):
+        lines.append("fewer than 5 units: the unit level of the interval rests on few trained models and is rough")
     return "\n".join(lines)

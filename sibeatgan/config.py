@@ -11,16 +11,14 @@ and the tests all build configs through `load_config` or the constructors.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
+import math
 import types
 import typing
-from dataclasses import dataclass  # noqa: F401 (for a config appended in dataclass style before its conversion)
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sibeatgan.errors import ConfigError
 
@@ -158,6 +156,44 @@ class TeacherConfig(Section):
     max_train_beats: int | None = None  # cap for quick runs and tests
 
 
+AUGMENTATIONS = ("scale", "wander", "noise", "shift", "warp")
+
+
+class AugmentConfig(Section):
+    """The student's contrastive views (sibeatgan.augment): each transform's range, and which ones make the two
+    positive views. Following CSI (Tack et al., NeurIPS 2020) the default positives are the mild amplitude and
+    noise ones; shift and warp move the R peak or widen the QRS toward an anomaly's shape, so they are opt-in.
+    A nested section of the student: `--set augment.noise_std=0.01`, `--set augment.positives=scale,noise`."""
+
+    positives: tuple[Literal["scale", "wander", "noise", "shift", "warp"], ...] = ("scale", "wander", "noise")
+    scale: tuple[float, float] = (0.85, 1.15)  # amplitude factor, uniform
+    wander_amplitude: float = 0.1  # peak of the baseline sinusoid, in units of the [-1, 1] beat
+    wander_cycles: tuple[float, float] = (0.1, 0.6)  # its frequency in cycles per window (low: 0.1-0.6 Hz at 360 Hz, 320 samples)
+    noise_std: float = 0.02  # Gaussian noise standard deviation, uniform in [0, noise_std] per beat
+    max_shift: int = 4  # samples; edges padded with the edge value, never wrapped
+    warp: float = 0.1  # time-warp strength in [0, 1): local stretch within 1 +- warp, ends fixed (moves points <= 5 samples of 320)
+    warp_cycles: int = 1  # sine periods of the warp over the window
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentConfig":
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale: need 0 < low <= high, got {self.scale}")
+        if not 0 <= self.wander_cycles[0] <= self.wander_cycles[1]:
+            raise ValueError(f"wander_cycles: need 0 <= low <= high, got {self.wander_cycles}")
+        for name in ("wander_amplitude", "noise_std", "max_shift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warp < 1:
+            raise ValueError(f"warp: must be in [0, 1) so the warp stays monotone, got {self.warp}")
+        if self.warp_cycles < 1:
+            raise ValueError(f"warp_cycles: must be >= 1, got {self.warp_cycles}")
+        return self
+
+    def max_warp_displacement(self, length: int) -> float:
+        """The most, in samples, that the time warp moves any point of a `length`-sample window."""
+        return self.warp * (length - 1) / (2 * math.pi * self.warp_cycles)
+
+
 class StudentConfig(Section):
     """The self-distilled contrastive student (DESIGN.md, 'The model'): L_G + alpha * KD_T + beta * NT-Xent_tau."""
 
@@ -179,7 +215,6 @@ class StudentConfig(Section):
     beta2: float = 0.999
     batch_size: int = 64
     epochs: int = 20
-    d_reinit_threshold: float = 5e-6
     selection: Literal["clean", "paper"] = "clean"
     seed: int = 0
     device: str = "auto"
@@ -194,6 +229,7 @@ class StudentConfig(Section):
     # selection "paper"). Epochs are selected on the reconstruction error either way.
     score: Literal["reconstruction", "discrepancy", "combined", "auto"] = "reconstruction"
     score_weight: float = 0.5
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)  # the contrastive views (a nested section)
 
     @model_validator(mode="after")
     def _score(self) -> "StudentConfig":
@@ -364,33 +400,19 @@ def _expand(cls: type, data: dict[Any, Any]) -> dict[Any, Any]:
     return out
 
 
-@functools.cache
-def _dataclass_model(cls: type) -> type[Section]:
-    """A model mirroring a plain dataclass config (one appended before its conversion), for validation."""
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else Field(default_factory=f.default_factory)
-        fields[f.name] = (hints[f.name], default)
-    return create_model(cls.__name__, __base__=Section, __module__=cls.__module__, **fields)
-
-
 def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     """Build `cls` from a mapping (dotted keys set nested fields), refusing unknown keys and coercing types."""
     if not isinstance(data, dict):
         raise ConfigError(f"{cls.__name__}: expected a mapping, got {data!r}")
-    model: Any = _dataclass_model(cls) if dataclasses.is_dataclass(cls) else cls
     try:
-        built = model.model_validate(_expand(cls, data))
+        return cls.model_validate(_expand(cls, data))  # type: ignore[attr-defined]
     except ValidationError as err:
-        raise ConfigError(_one_line(model, err)) from None
-    return cls(**dict(built)) if model is not cls else built
+        raise ConfigError(_one_line(cls, err)) from None
 
 
 def replace(config: C, **changes: Any) -> C:
     """A validated copy of `config` with `changes` (dotted names reach nested fields): `replace(c, epochs=3)`."""
-    current = config.model_dump() if isinstance(config, BaseModel) else dataclasses.asdict(config)  # type: ignore[call-overload]
-    return from_dict(type(config), {**current, **changes})
+    return from_dict(type(config), {**config.model_dump(), **changes})  # type: ignore[attr-defined]
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -441,8 +463,7 @@ def to_dict(config: Any) -> dict[str, Any]:
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
-    raw = config.model_dump() if isinstance(config, BaseModel) else dataclasses.asdict(config)
-    return {k: plain(v) for k, v in raw.items()}
+    return {k: plain(v) for k, v in config.model_dump().items()}
 
 
 SECTIONS: dict[str, type] = {
@@ -463,8 +484,9 @@ SECTIONS_BY_CLASS: dict[type, str] = {v: k for k, v in SECTIONS.items()}
 class TrackingConfig(Section):
     """MLflow tracking, registry and promotion (credentials only from MLFLOW_TRACKING_USERNAME/PASSWORD)."""
 
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<output root>/mlruns.db
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/runs/mlflow.db
     experiment: str = "si-beatgan"
+    parent_run_id: str | None = None  # every step's run is nested under it (the pipeline run's own MLflow run)
     retries: int = 3  # sends of the journal at the end of a step before a warning
     http_timeout_s: float = 15.0  # a refused connection fails at once; a busy server gets this long
     model_name: str = "si-beatgan"

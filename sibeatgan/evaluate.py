@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from sibeatgan.card import ModelCard, ThresholdPolicy, card_of
 from sibeatgan.data.artifact import CLASSES
 from sibeatgan.errors import ConfigError, DatasetError
 from sibeatgan.files import atomic_open, write_json, write_text
@@ -40,11 +41,10 @@ def _model_paths(models: dict[int, Path] | Path | str, folds: tuple[int, ...]) -
     return [(fold, p / "generator.pt" if p.is_dir() else p) for fold, p in pairs]
 
 
-def _splits_for(split_set: Any, meta: dict[str, Any], path: Path, split_name: str, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validation and test indices of the model's fold, from the split artifact it was trained on (refused otherwise)."""
-    if meta.get("split_hash") != split_set.hash:
-        raise DatasetError(f"{path}: trained on split {str(meta.get('split_hash'))[:12]}, but the split given is {split_set.hash[:12]}; "
-                           "evaluate it with the split it was trained on (--split)")
+def _splits_for(split_set: Any, card: ModelCard, path: Path, split_name: str, fold: int, content_hash: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validation and test indices of the model's fold, from the split artifact it was trained on (the card's check
+    refuses another dataset, split, protocol or fold)."""
+    card.check(content_hash, split_set.hash, fold, split_name, what=str(path))
     part = split_set.fold(split_name, fold)
     return part.val, part.test
 
@@ -54,17 +54,20 @@ def _score_split(anomaly: AnomalyScore, ds: BeatDataset, index: np.ndarray, conf
     return anomaly(x, config.batch_size, dev, config.amp)
 
 
-def _threshold(meta: dict[str, Any], val_scores: np.ndarray | None, val_labels: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
+def _threshold(card: ModelCard, val_scores: np.ndarray | None, val_labels: np.ndarray, config: EvaluateConfig) -> dict[str, Any]:
     """The operating threshold: the one saved with the model (val_scores None: the caller scores validation beats only
-    when the model has none for the score being scored), else chosen on its validation split
-    (rule "auto": best validation F1 for a model selected by the paper protocol, else config.far false alarms)."""
+    when the model has none for the score being scored), else chosen on its validation split by the threshold policy
+    (config.threshold_rule; `auto` is the model's own protocol's rule)."""
     if val_scores is None:
-        return {"threshold": float(meta["threshold"]), "source": "model", "rule": meta.get("threshold_rule"), "far": meta.get("threshold_far")}
-    rule = config.threshold_rule
-    if rule == "auto":  # the paper protocol labels validation anomalies; the clean one does not look at them
-        rule = "f1" if meta.get("selection") == "paper" else "far"
-    value = choose_threshold(val_scores, val_labels, rule, config.far)
-    return {"threshold": value, "source": "validation", "rule": rule, "far": config.far if rule == "far" else None}
+        policy = card.threshold_policy
+        return {"threshold": float(card.threshold), "source": "model", "rule": policy.rule if policy else None,
+                "far": policy.far if policy else None}
+    policy = ThresholdPolicy.resolve(config.threshold_rule, card.selection, config.far)
+    value = policy.choose(val_scores, val_labels)
+    if value is None:
+        raise DatasetError(f"the {policy.rule!r} threshold rule cannot apply to this validation split "
+                           f"({'no labelled anomalies' if policy.rule == 'f1' else 'no normal beats'})")
+    return {"threshold": value, "source": "validation", "rule": policy.rule, "far": policy.far}
 
 
 def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] | Path, out: Path, split: Path | None = None) -> dict[str, Any]:
@@ -92,32 +95,27 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
     for fold, path in _model_paths(models, tuple(config.folds)):
         anomaly, meta = load_score(path, dev, None if config.score == "model" else config.score)
         gen = anomaly.generator
-        trained = meta.get("config") or {}
-        model_fold = int(trained.get("fold", fold if fold is not None else 0))
+        card = card_of(meta)
         if fold is None:
-            fold = model_fold
-        split_name = trained.get("split", config.split)
+            fold = card.fold
+        split_name = card.protocol
         if split_name != config.split:
             raise DatasetError(f"{path}: trained on the {split_name!r} split, but evaluation asks for {config.split!r}")
-        if split_name == "beatgan" and model_fold != fold:
-            raise DatasetError(f"{path}: trained on fold {model_fold}, refused as the model of fold {fold} (its test beats were training beats)")
-        if meta.get("dataset_hash") not in (None, content_hash):
-            raise DatasetError(f"{path}: trained on dataset {meta['dataset_hash'][:12]}, but {dataset} is {content_hash[:12]}")
         if (gen.nc, gen.length) != (ds.leads, ds.length):
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
-        _splits_for(split_set, meta, path, split_name, fold)  # refuses another split before anything is written
-        checked.append((fold, path, anomaly, meta, trained, split_name))
+        _splits_for(split_set, card, path, split_name, fold, content_hash)  # refuses another split before anything is written
+        checked.append((fold, path, anomaly, meta, card, split_name))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     folds: dict[str, Any] = {}
-    for fold, path, anomaly, meta, trained, split_name in checked:
-        val, test = _splits_for(split_set, meta, path, split_name, fold)
+    for fold, path, anomaly, meta, card, split_name in checked:
+        val, test = _splits_for(split_set, card, path, split_name, fold, content_hash)
         labels, val_labels = ds.labels[test].astype(np.int64), ds.labels[val].astype(np.int64)
         scores = _score_split(anomaly, ds, test, config, dev)
         # the saved threshold belongs to the model's own score; another score gets one chosen on validation
-        saved = meta.get("threshold") is not None and anomaly.is_model_default
+        saved = card.threshold is not None and anomaly.is_model_default
         val_scores = None if saved else _score_split(anomaly, ds, val, config, dev)
-        chosen = _threshold(meta, val_scores, val_labels, config)
+        chosen = _threshold(card, val_scores, val_labels, config)
         groups = records[test] if config.bootstrap == "record" else None
         if groups is not None and config.n_bootstrap > 0 and np.unique(groups).shape[0] < 10:
             log.warning("fold %s: the test beats come from %d record(s) only; record-level intervals are rough", fold, np.unique(groups).shape[0])
@@ -141,7 +139,7 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
                  m["auc"], m["ap"], m["f1_oracle"], m["operating"]["f1"], chosen["threshold"], m["n"], anomaly.kind, path)
     overall: dict[str, Any] = {}
     columns = {"auc": lambda f: f["auc"], "ap": lambda f: f["ap"], "f1_oracle": lambda f: f["f1_oracle"],
-               "f1": lambda f: f["f1_oracle"], "f1_at_threshold": lambda f: f["operating"]["f1"]}
+               "f1_at_threshold": lambda f: f["operating"]["f1"]}  # "f1" alone would hide which of the two it is
     for key, get in columns.items():
         values = np.array([get(f) for f in folds.values()])
         overall[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None}

@@ -1,13 +1,22 @@
-"""Atomic file writes: a temp file beside the target, then a rename, so a crash never leaves half a file."""
+"""Atomic file writes: a temp file beside the target, then a rename, so a crash never leaves half a file.
+
+A writer killed mid-write (SIGKILL, a lost node) leaves its temp file behind; the temp file's name says which
+host and process wrote it, so the next write of the same target removes the ones whose writer is gone.
+"""
 
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import json
 import math
 import os
+import re
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +32,11 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
+    with _open_lock:
+        _open_temps.add(tmp.name)
     try:
         os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, mode) as fh:
@@ -35,6 +47,76 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        with _open_lock:
+            _open_temps.discard(tmp.name)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_open_temps: set[str] = set()  # this process's temp files still being written (threads write too)
+_open_lock = threading.Lock()
+STALE_AFTER_S = 3600.0  # a temp file of another host, or of an older name form, untouched this long is a leftover
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temp files beside `path` that an earlier, interrupted `atomic_open(path)` left; returns them.
+
+    A temp file of this host is stale when its process is gone, or is a newer process with the same pid (started
+    after the file was last written: a restarted container reuses pids); one of another host (shared storage), or
+    of the name form before pids were in it, when it has not been written for STALE_AFTER_S.
+    """
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        rest = tmp.name[len(path.name) + 2 : -len(".tmp")].split(".")
+        try:
+            mtime = tmp.stat().st_mtime
+        except OSError:
+            continue
+        if len(rest) == 3 and rest[1].isdigit():  # host.pid.random
+            host, pid = rest[0], int(rest[1])
+            stale = not _writer_alive(pid, mtime, tmp.name) if host == _HOST else time.time() - mtime > STALE_AFTER_S
+        elif len(rest) == 1:  # random: written before the name held its writer
+            stale = time.time() - mtime > STALE_AFTER_S
+        else:  # a temp file of another target whose name starts with this one's
+            continue
+        if stale:
+            try:
+                tmp.unlink()
+            except OSError:
+                continue
+            removed.append(tmp)
+    return removed
+
+
+def _writer_alive(pid: int, mtime: float, name: str) -> bool:
+    """Whether process `pid` of this host may still be writing a temp file last written at `mtime`."""
+    if pid == os.getpid():
+        with _open_lock:
+            return name in _open_temps
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    state, started = _process_state(pid)
+    return state != "Z" and (started is None or started <= mtime + 1.0)
+
+
+def _process_state(pid: int) -> tuple[str | None, float | None]:
+    """Process `pid`'s state letter (Z: a zombie, dead) and start (seconds since the epoch), from /proc; None, None
+    where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return fields[0], btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None, None
 
 
 @functools.cache

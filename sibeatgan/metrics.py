@@ -5,7 +5,9 @@ instead by the teacher-student latent discrepancy, or by a weighted sum of both 
 precision as sklearn defines it, best F1 (an oracle figure: its threshold is picked on the very beats it
 is scored on), F1/precision/recall at a threshold chosen without test labels, and bootstrap intervals.
 Intervals resample records (patients, all beats of a drawn record together) by default, or beats within
-each class. Every resample is a row of weights on the beats, so a chunk of resamples is one array sum.
+each class; a comparison over several trained pairs (units: seeds, folds) resamples the units too, so training
+variance counts (paired_compare_units, level unit+record). Every resample is a row of weights on the beats, so a
+chunk of resamples is one array sum.
 """
 
 from __future__ import annotations
@@ -426,7 +428,6 @@ def metrics(
         "precision_oracle": float(oracle["precision"][0]),
         "recall_oracle": float(oracle["recall"][0]),
         "false_alarm_rate_oracle": float(oracle["false_alarm_rate"][0]),
-        "f1": ranked["f1"],
         "ci": ci,
         "n_bootstrap": int(n_bootstrap),
         "bootstrap": "record" if groups is not None else "beat",
@@ -474,17 +475,43 @@ def _p_value(deltas: np.ndarray) -> float:
     return float(min(1.0, 2 * min(lower, upper)))
 
 
+COMPARE_LEVELS = ("auto", "unit+record", "record")
+
+
+def _level(level: str, n_units: int, grouped: bool) -> str:
+    """The bootstrap level a comparison uses: auto is unit+record with records and more than one unit, else record (beat
+    without records)."""
+    if level not in COMPARE_LEVELS:
+        raise ValueError(f"paired_compare: unknown level {level!r}; use one of {', '.join(COMPARE_LEVELS)}")
+    if not grouped:
+        if level == "unit+record":
+            raise ValueError("paired_compare: level unit+record needs the record of each beat (groups)")
+        return "beat"
+    if level == "auto":
+        return "unit+record" if n_units > 1 else "record"
+    if level == "unit+record" and n_units < 2:
+        raise ValueError(f"paired_compare: level unit+record needs at least 2 units (trained pairs), got {n_units}")
+    return level
+
+
 def paired_compare_units(
     units: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]],
     n_bootstrap: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    level: str = "auto",
 ) -> dict[str, Any]:
     """Paired comparison of models a and b over units (folds, seeds), each (scores_a, scores_b, labels, groups).
 
-    Figures are means over units of each unit's AUC/AP; delta = b - a. One resample draws records (groups)
-    with replacement once for every unit, so a patient drawn counts in every fold and seed it appears in,
-    and both models are scored on the same resampled beats. groups None (one unit only): beats within class.
+    A unit is one trained pair (a seed, a fold, a search repeat). Figures are means over units of each unit's AUC/AP;
+    delta = b - a. Every resample draws records (groups) with replacement once for every unit, so a patient drawn
+    counts in every fold and seed it appears in, and both models are scored on the same resampled beats.
+
+    level "unit+record" (the default, `auto`, when groups are given and there is more than one unit) also draws the
+    units: each resample weighs the units by how often they come up in K - 1 draws with replacement from the K units
+    (K draws would shrink the spread of a mean over units by (K - 1) / K), so the interval counts training variance,
+    not only patients. The record-only figures of the same draws come with it under `record_only`. level "record":
+    patients only, each trained model taken as fixed. groups None (one unit only): beats within class ("beat").
     """
     if not units:
         raise ValueError("paired_compare: no units to compare")
@@ -499,37 +526,56 @@ def paired_compare_units(
         positives.append(positive)
         n += a.shape[0]
     group_list = [u[3] for u in units]
-    sampler = _Sampler(positives, None if any(g is None for g in group_list) else group_list)
+    grouped = not any(g is None for g in group_list)
+    chosen = _level(level, len(units), grouped)
+    sampler = _Sampler(positives, group_list if grouped else None)
     full = [[ra.evaluate(np.ones((1, p.shape[0]))), rb.evaluate(np.ones((1, p.shape[0])))] for (ra, rb), p in zip(ranks, positives)]
     result: dict[str, Any] = {}
     for key in ("auc", "ap"):
-        result[f"{key}_a"] = float(np.mean([fa[key][0] for fa, _ in full]))
-        result[f"{key}_b"] = float(np.mean([fb[key][0] for _, fb in full]))
+        per_a, per_b = np.array([fa[key][0] for fa, _ in full]), np.array([fb[key][0] for _, fb in full])
+        result[f"{key}_a"] = float(per_a.mean())
+        result[f"{key}_b"] = float(per_b.mean())
         result[f"delta_{key}"] = result[f"{key}_b"] - result[f"{key}_a"]
-    result.update(n=n, n_groups=sampler.n_groups, n_units=len(units), n_bootstrap=int(n_bootstrap), ci=ci,
-                  bootstrap="beat" if sampler.gids is None else "record")
+        result[f"unit_delta_{key}"] = [float(d) for d in per_b - per_a]
+        result[f"unit_sd_delta_{key}"] = float(np.std(per_b - per_a, ddof=1)) if len(units) > 1 else None
+    result.update(n=n, n_groups=sampler.n_groups, n_units=len(units), n_bootstrap=int(n_bootstrap), ci=ci, bootstrap=chosen)
+    if chosen == "unit+record":
+        result["units_drawn"] = len(units) - 1
     if n_bootstrap <= 0:
         for key in ("auc", "ap"):
             result.update({f"delta_{key}_ci": None, f"p_{key}": None})
         return result
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in ("auc_a", "auc_b", "ap_a", "ap_b")}
+    rng = np.random.default_rng(seed)  # record draws: the same stream at every level, so record-only figures match
+    unit_rng = np.random.default_rng([seed, 1])
+    n_u, m = len(units), len(units) - 1
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in ("auc_a", "auc_b", "ap_a", "ap_b", "rec_auc", "rec_ap")}
     for chunk in _chunks(n_bootstrap, sum(p.shape[0] for p in positives)):
         draw = sampler.draw(rng, chunk)
         per_unit = [(ra.evaluate(draw, u), rb.evaluate(draw, u)) for u, (ra, rb) in enumerate(ranks)]
+        weights = None
+        if chosen == "unit+record":
+            picks = unit_rng.integers(0, n_u, (chunk, m)) + (np.arange(chunk) * n_u)[:, None]
+            weights = np.bincount(picks.ravel(), minlength=chunk * n_u).reshape(chunk, n_u) / m
         for key in ("auc", "ap"):
-            samples[f"{key}_a"].append(np.mean([ra[key] for ra, _ in per_unit], axis=0))
-            samples[f"{key}_b"].append(np.mean([rb[key] for _, rb in per_unit], axis=0))
+            va, vb = np.stack([ra[key] for ra, _ in per_unit], 1), np.stack([rb[key] for _, rb in per_unit], 1)
+            samples[f"rec_{key}"].append(vb.mean(1) - va.mean(1))
+            samples[f"{key}_a"].append(va.mean(1) if weights is None else (va * weights).sum(1))
+            samples[f"{key}_b"].append(vb.mean(1) if weights is None else (vb * weights).sum(1))
     s = {k: np.concatenate(v) for k, v in samples.items()}
-    for k, v in s.items():
+    for name, v in s.items():
         if not np.isfinite(v).all():
-            raise RuntimeError(f"paired_compare: {int((~np.isfinite(v)).sum())} non-finite {k} value(s)")
+            raise RuntimeError(f"paired_compare: {int((~np.isfinite(v)).sum())} non-finite {name} value(s)")
+    record_only: dict[str, Any] = {}
     for key in ("auc", "ap"):
         delta = s[f"{key}_b"] - s[f"{key}_a"]
         result[f"{key}_a_ci"] = interval(s[f"{key}_a"], ci)
         result[f"{key}_b_ci"] = interval(s[f"{key}_b"], ci)
         result[f"delta_{key}_ci"] = interval(delta, ci)
         result[f"p_{key}"] = _p_value(delta)
+        record_only[f"delta_{key}_ci"] = interval(s[f"rec_{key}"], ci)
+        record_only[f"p_{key}"] = _p_value(s[f"rec_{key}"])
+    if chosen == "unit+record":
+        result["record_only"] = record_only
     result["redrawn"] = sampler.redrawn
     return result
 

@@ -50,14 +50,19 @@ def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_generator(path: str | Path, generator: Generator, teacher: Generator | None = None, **meta: Any) -> Path:
     """Write the generator's weights and constructor arguments, plus `meta` (kind, config, dataset and split
-    hashes, epoch, selection metric, threshold, score...). A student may carry its `teacher`'s encoder, which its
+    hashes, epoch, selection metric, threshold, score...) and the model card made of it (also written beside the
+    file as model_card.json). A student may carry its `teacher`'s encoder, which its
     discrepancy score needs (the encoder only: about half the teacher's weights)."""
+    from sibeatgan.card import ModelCard
+
+    meta.pop("card", None)
+    card = ModelCard.from_meta(meta)
     if teacher is not None:
         meta["teacher_encoder"] = {"hparams": teacher.hparams(), "state_dict": cpu_state(teacher.encoder)}
-    return atomic_save(
-        {"format": GENERATOR_FORMAT, "version": VERSION, "hparams": generator.hparams(), "state_dict": cpu_state(generator), **meta},
-        path,
-    )
+    saved = atomic_save({"format": GENERATOR_FORMAT, "version": VERSION, "hparams": generator.hparams(), "state_dict": cpu_state(generator),
+                         **meta, "card": card.model_dump(mode="json")}, path)
+    card.write(Path(path).parent)
+    return saved
 
 
 def _rebuild(obj: dict[str, Any], path: str | Path, device: str | torch.device) -> tuple[Generator, dict[str, Any]]:

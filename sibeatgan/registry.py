@@ -39,51 +39,13 @@ class PromotionRefused(RegistryError):
     """The gate said no, or another promotion won the race; nothing was moved."""
 
 
-def paired_compare(scores_a: np.ndarray, scores_b: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_bootstrap: int = 1000,
-                   seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
-    """Model b against model a on the same beats: AUC/AP of each, delta = b - a with a record-level paired
-    bootstrap interval and two-sided p-value. Uses sibeatgan.metrics.paired_compare when it exists; this
-    minimal fallback has the same signature and keys."""
-    try:
-        from sibeatgan.metrics import paired_compare as shared  # type: ignore[import-not-found]
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(scores_a, scores_b, labels, groups, n_bootstrap=n_bootstrap, seed=seed, ci=ci)
-    from sibeatgan.metrics import ranked_metrics
-
-    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
-    positive, groups = np.asarray(labels) != 0, np.asarray(groups)
-    if not (a.shape == b.shape == positive.shape == groups.shape):
-        raise ValueError(f"paired_compare: shapes differ: {a.shape}, {b.shape}, {positive.shape}, {groups.shape}")
-    ma, mb = ranked_metrics(a, positive), ranked_metrics(b, positive)
-    names, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
-    rng = np.random.default_rng(seed)
-    deltas = np.full((n_bootstrap, 2), np.nan)
-    for i in range(n_bootstrap):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(names), len(names))])
-        pos = positive[idx]
-        if pos.all() or not pos.any():
-            continue
-        ra, rb = ranked_metrics(a[idx], pos), ranked_metrics(b[idx], pos)
-        deltas[i] = rb["auc"] - ra["auc"], rb["ap"] - ra["ap"]
-    lo, hi = 100 * (1 - ci) / 2, 100 * (1 + ci) / 2
-    out: dict[str, Any] = {"auc_a": ma["auc"], "auc_b": mb["auc"], "ap_a": ma["ap"], "ap_b": mb["ap"],
-                           "delta_auc": mb["auc"] - ma["auc"], "delta_ap": mb["ap"] - ma["ap"], "n": int(a.shape[0]), "n_groups": len(names)}
-    for j, key in enumerate(("auc", "ap")):
-        d = deltas[:, j][np.isfinite(deltas[:, j])]
-        out[f"delta_{key}_ci"] = [float(np.percentile(d, lo)), float(np.percentile(d, hi))] if d.size else [float("nan")] * 2
-        out[f"p_{key}"] = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if d.size else float("nan")
-    return out
-
-
 def _client(uri: str | None = None) -> Any:
     from mlflow import MlflowClient
 
-    from sibeatgan.tracking import client_env
+    from sibeatgan.tracking import client_env, ensure_store, tracking_uri
 
     client_env()
+    uri = ensure_store(uri or tracking_uri())
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -91,62 +53,62 @@ def _who() -> str:
     return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
 
 
-def _split_hash(meta: dict[str, Any], index: np.ndarray, fold: Any, protocol: str) -> str:
-    """The generator's split hash when it carries one, else a hash of the protocol, fold and test beat index."""
-    if meta.get("split_hash"):
-        return str(meta["split_hash"])
-    import hashlib
-
-    h = hashlib.sha256(f"{protocol}:{fold}:".encode())
-    h.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
 def validation_threshold(generator: Path, dataset: Path, ds: Any, split: Path | None = None) -> float:
-    """For generator files without a threshold: `choose_threshold` (label-free default rule) on the model's own
-    validation beats from the split artifact, never the test split."""
+    """For generator files without a threshold: the model's own threshold policy on its validation beats from the split
+    artifact, never the test split."""
+    from sibeatgan.card import ThresholdPolicy, card_of
     from sibeatgan.data.splits import resolve_split
-    from sibeatgan.metrics import choose_threshold
     from sibeatgan.modelio import load_score
 
     anomaly, meta = load_score(generator, "cpu")
-    conf = meta.get("config") or {}
-    part = resolve_split(dataset, split, ds.content_hash()).fold(conf.get("split", "beatgan"), int(conf.get("fold", 0)))
-    return float(choose_threshold(anomaly(ds.float_beats(part.val), 4096, "cpu"), ds.labels[part.val]))
+    card = card_of(meta)
+    part = resolve_split(dataset, split, ds.content_hash()).fold(card.protocol, card.fold)
+    policy = card.threshold_policy or ThresholdPolicy.for_selection(card.selection)
+    value = policy.choose(anomaly(ds.float_beats(part.val), 4096, "cpu"), ds.labels[part.val])
+    if value is None:
+        raise RegistryError(f"{generator}: no threshold can be chosen on its validation beats by the {policy.rule!r} rule")
+    return value
 
 
 def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, out: Path, fold: int | None = None,
-                 validation: Path | None = None, threshold: float | None = None) -> dict[str, Any]:
+                 validation: Path | None = None, threshold: float | None = None, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
     """Log and register the model of `generator` with its evaluation (folder of `sibeatgan evaluate`); alias `staging`.
 
-    Everything is written under `out` first (model, scores, lineage), then uploaded; an upload that fails after
-    the retries is a RegistryError naming the local copy. `validation`: validation.json of the validate gate.
+    Everything is written under `out` first (model, scores, lineage, model card), then uploaded; an upload that fails
+    after the retries is a RegistryError naming the local copy. `validation`: validation.json of the validate gate.
+    `evidence`: how this model won (the protocol's `choose_winner`: the candidates, the validation figures, the margin,
+    the comparison table), written into the version's tags and description in words a reviewer reads at a glance.
     """
     from sibeatgan import pyfunc, tracking
+    from sibeatgan.card import card_of
     from sibeatgan.data.artifact import load, read_manifest
     from sibeatgan.files import write_json
     from sibeatgan.modelio import load_generator
 
     out, evaluation, dataset = Path(out), Path(evaluation), Path(dataset)
-    out.mkdir(parents=True, exist_ok=True)
     report = json.loads((evaluation / "evaluation.json").read_text())
-    _, meta = load_generator(generator, "cpu")
+    gen, meta = load_generator(generator, "cpu")
+    card = card_of(meta)
     folds = report["folds"]
-    key = str(fold) if fold is not None else (str((meta.get("config") or {}).get("fold", 0)) if len(folds) > 1 else next(iter(folds)))
+    key = str(fold) if fold is not None else (str(card.fold) if len(folds) > 1 else next(iter(folds)))
     if key not in folds:
         raise RegistryError(f"{evaluation}: no evaluation of fold {key} (it has {', '.join(folds)})")
     figures = folds[key]
-    own = (meta.get("score") or {}).get("kind", "reconstruction")
+    own = card.score.get("kind", "reconstruction")
     if figures.get("score", "reconstruction") != own:
         raise RegistryError(f"{evaluation}: fold {key} was evaluated with the {figures.get('score')} score, but {generator} scores by "
                             f"{own}; register it with an evaluation of its own score (evaluate without --set score=...)")
     ds = load(dataset)
     if report.get("dataset_hash") != ds.content_hash():
         raise RegistryError(f"{evaluation} was computed on dataset {str(report.get('dataset_hash'))[:12]}, not {dataset}")
+    try:
+        card.check(ds.content_hash(), report.get("split_hash"), int(key), figures.get("split", card.protocol), what=str(generator))
+    except SibeatganError as err:
+        raise RegistryError(f"{err}; its evaluation {evaluation} does not belong to it") from None
+    out.mkdir(parents=True, exist_ok=True)
     with np.load(evaluation / f"fold_{key}" / "scores.npz") as npz:
         index, scores, labels = npz["index"], npz["scores"], npz["labels"]
-    protocol = figures.get("split", "beatgan")
-    split_hash = _split_hash(meta, index, key, protocol)
+    protocol, split_hash = card.protocol, card.split_hash
     records = ds.records[index]
     with open(out / "scores.npz", "wb") as fh:
         np.savez_compressed(fh, index=index, scores=scores, labels=labels, records=records)
@@ -155,24 +117,35 @@ def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, 
         valid = "passed" if json.loads(Path(validation).read_text()).get("success") else "failed"
     lineage = {"dataset_hash": ds.content_hash(), "split_hash": split_hash, "protocol": protocol, "fold": key, "validation": valid}
     write_json(out / "lineage.json", lineage)
-    thr = threshold if threshold is not None else meta.get("threshold")
+    card.write(out)
+    thr = threshold if threshold is not None else card.threshold
     if thr is None:
         thr = validation_threshold(generator, dataset, ds)
-    tracker = tracking.step_tracker(config, out, "register", run_name=f"register-{meta.get('kind', 'teacher')}",
-                                    tags={"protocol": protocol, "kind": meta.get("kind", "teacher")})
-    tracker.log_dataset(ds.content_hash(), split_hash, source=str(dataset.resolve()), context="evaluation")
-    numbers = {k: figures[k] for k in ("auc", "ap", "f1") if k in figures}
-    for k in ("auc", "ap", "f1"):
+    operating = figures.get("operating") or {}
+    # F1 at the threshold chosen without test labels; the best F1 over test thresholds is the oracle, labelled so
+    numbers = {"auc": figures.get("auc"), "ap": figures.get("ap"), "f1": operating.get("f1"), "f1_oracle": figures.get("f1_oracle")}
+    numbers = {k: float(v) for k, v in numbers.items() if v is not None}
+    for k in ("auc", "ap"):
         if f"{k}_ci" in figures:
             numbers[f"{k}_ci_low"], numbers[f"{k}_ci_high"] = figures[f"{k}_ci"]
+    verdict = _verdict(card.kind, evidence)
+    if evidence:
+        write_json(out / "evidence.json", evidence)
+    tracker = tracking.step_tracker(config, out, "register", run_name=f"register-{card.kind}",
+                                    tags={"protocol": protocol, "kind": card.kind, "winner": card.kind, "verdict": verdict})
+    tracker.log_dataset(ds.content_hash(), split_hash, source=str(dataset.resolve()), context="evaluation")
     tracker.log_metrics(numbers)
+    if evidence and evidence.get("margin") is not None:
+        tracker.log_metrics({"winner_margin": evidence["margin"]})
     pyfunc.log_model(tracker, generator, read_manifest(dataset).get("config") or {}, out / "model", threshold=thr)
-    tracker.log_artifact(out / "scores.npz", "evaluation")
-    tracker.log_artifact(out / "lineage.json", "evaluation")
+    for f in ("scores.npz", "lineage.json", "model_card.json", "evidence.json"):
+        if (out / f).exists():
+            tracker.log_artifact(out / f, "evaluation")
     tracker.log_artifact(evaluation / "evaluation.json", "evaluation")
+    if evidence and evidence.get("table") and Path(evidence["table"]).is_file():
+        tracker.log_artifact(Path(evidence["table"]), "evaluation")
     for png in sorted((evaluation / f"fold_{key}").glob("*.png")):
         tracker.log_artifact(png, "plots")
-    gen, _ = load_generator(generator, "cpu")
     tracker.log_artifact(tracking.plot_reconstructions(gen, ds.float_beats(index), labels, scores, out / "reconstructions.png"), "plots")
     tracker.log_artifact(dataset / "manifest.json", "dataset")
     if validation is not None:
@@ -193,20 +166,44 @@ def run_register(config: Any, generator: Path, evaluation: Path, dataset: Path, 
                 raise
         source = client.get_run(tracker.run_id).info.artifact_uri.rstrip("/") + "/model"
         tags = {"protocol": protocol, "dataset_hash": lineage["dataset_hash"], "split_hash": split_hash, "validation": valid,
-                "fold": key, "kind": meta.get("kind", "teacher"), "threshold": str(thr), "scores": SCORES_ARTIFACT,
-                **{k: f"{figures[k]:.4f}" for k in ("auc", "ap", "f1") if k in figures},
-                **{f"{k}_ci": "[{:.4f}, {:.4f}]".format(*figures[f"{k}_ci"]) for k in ("auc", "ap", "f1") if f"{k}_ci" in figures}}
+                "fold": key, "kind": card.kind, "winner": card.kind, "verdict": verdict, "threshold": str(thr),
+                "threshold_rule": card.threshold_policy.rule if card.threshold_policy else "unknown", "scores": SCORES_ARTIFACT,
+                **{k: f"{v:.4f}" for k, v in numbers.items() if k in ("auc", "ap", "f1", "f1_oracle")},
+                **{f"{k}_ci": "[{:.4f}, {:.4f}]".format(*figures[f"{k}_ci"]) for k in ("auc", "ap") if f"{k}_ci" in figures}}
+        if evidence:
+            tags.update({"candidates": ",".join(evidence.get("candidates", [])), "selection_criterion": str(evidence.get("criterion")),
+                         "margin": f"{evidence['margin']:.4g}" if evidence.get("margin") is not None else "n/a"})
         mv = client.create_model_version(name, source, run_id=tracker.run_id, tags=tags,
-                                         description=f"AUC {figures.get('auc', float('nan')):.4f} on {protocol} fold {key}")
+                                         description=f"{verdict} Test AUC {figures.get('auc', float('nan')):.4f} on {protocol} fold {key}; "
+                                                     f"F1 {numbers.get('f1', float('nan')):.4f} at the validation threshold. {card.summary()}.")
         client.set_registered_model_alias(name, "staging", mv.version)
     except Exception as err:
         raise RegistryError(f"registering {name} at {tracker.uri} failed ({type(err).__name__}: {err}); the model is logged in run "
                             f"{tracker.run_id} and kept in {out}") from None
     result = {"name": name, "version": int(mv.version), "run_id": tracker.run_id, "model_uri": f"models:/{name}@staging", **lineage,
-              **numbers}
+              **numbers, "kind": card.kind, "verdict": verdict}
     write_json(out / "register.json", result)
-    log.info("registered %s version %s (alias staging), AUC %s", name, mv.version, tags.get("auc"))
+    log.info("registered %s version %s (alias staging): %s AUC %s", name, mv.version, verdict, tags.get("auc"))
     return result
+
+
+def _verdict(kind: str, evidence: dict[str, Any] | None) -> str:
+    """The registration's headline in words: which model won, over what, by how much, on what."""
+    if not evidence:
+        return f"The {kind} is registered (no comparison was made)."
+    others = [c for c in evidence.get("candidates", []) if c != kind]
+    if not others:
+        return f"The {kind} is registered (the only candidate)."
+    margin = evidence.get("margin")
+    by = f" by {margin:.4g}" if margin is not None else ""
+    why = f" {evidence['reason']}" if evidence.get("reason") else ""
+    test = evidence.get("test_comparison") or {}
+    if test.get("delta_auc") is not None:
+        ci = test.get("delta_auc_ci")
+        p = test.get("p_auc")
+        why += (f" On test beats, student - control AUC {test['delta_auc']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+                + (f", p {p:.3f}" if p is not None else "") + ".")
+    return f"The {kind} won over the {', '.join(others)}{by} on validation ({evidence.get('criterion')}).{why}"
 
 
 def _scores(client: Any, mv: Any, tmp: str) -> dict[str, np.ndarray]:
@@ -244,6 +241,8 @@ def gate(client: Any, candidate: Any, current: Any, n_bootstrap: int = 1000, alp
         a, b = _scores(client, current, tmp + "/a"), _scores(client, candidate, tmp + "/b")
     if not np.array_equal(a["index"], b["index"]) or not np.array_equal(a["labels"], b["labels"]):
         raise PromotionRefused(f"versions {current.version} and {candidate.version} stored scores of different test beats")
+    from sibeatgan.metrics import paired_compare
+
     cmp = paired_compare(a["scores"], b["scores"], a["labels"], a["records"], n_bootstrap=n_bootstrap, seed=seed)
     cmp["worse"] = bool(cmp["delta_auc"] < 0 and cmp["p_auc"] < alpha)
     cmp["alpha"] = alpha

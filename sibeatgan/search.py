@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -322,7 +323,11 @@ def _plots(study: optuna.Study, out: Path) -> list[str]:
 
 
 def _worker_main(tune: TuneConfig, base: StudentConfig, out: Path, train_group: Callable[..., list[dict[str, Any]]], worker: int,
-                 log_level: int, callbacks: Any = None) -> None:
+                 log_level: int, callbacks: Any = None, parent_pid: int | None = None) -> None:
+    from sibeatgan.procs import die_with_parent
+
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # a killed `tune` takes its workers with it; their trials are retried on the next run
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker{worker} %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     tune_worker(tune, base, out, train_group, worker, callbacks)
 
@@ -342,13 +347,19 @@ def run_workers(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
         tune_worker(tune, base, out, train_group, 0, callbacks)
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(tune, base, out, train_group, i, logging.getLogger().level, callbacks),
+        from sibeatgan.procs import stop_processes
+
+        procs = [ctx.Process(target=_worker_main, args=(tune, base, out, train_group, i, logging.getLogger().level, callbacks, os.getpid()),
                              name=f"tune-worker-{i}")
                  for i in range(tune.workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+        try:
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+        except BaseException:  # SIGTERM (sibeatgan.procs.Terminated), Ctrl-C or an error here: the workers stop too
+            stop_processes([p for p in procs if p.pid is not None])
+            raise
         dead = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
         if dead:
             log.warning("workers that did not end cleanly: %s", ", ".join(f"{n} (exit {c})" for n, c in dead))

@@ -31,10 +31,26 @@ TRIAL_STATES = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 _MAX_PARAMS, _MAX_METRICS = 100, 1000  # per log_batch request (MLflow's limits)
 
 
-def tracking_uri(config: Any, out_root: str | Path) -> str:
-    """The configured URI, else the local SQLite store `<out_root>/mlruns.db`."""
-    uri = getattr(config, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path(out_root).resolve() / 'mlruns.db'}"
+STORE_ENV = "MLFLOW_TRACKING_URI"
+
+
+def default_store() -> str:
+    """The one local store every command uses when no URI is configured: `runs/mlflow.db` under the working
+    directory (artifacts beside it in `runs/mlartifacts`); the CLI exports it as $MLFLOW_TRACKING_URI, so the
+    steps, the local pipeline, `promote` and `score` all find the same registry."""
+    return f"sqlite:///{Path('runs').resolve() / 'mlflow.db'}"
+
+
+def ensure_store(uri: str) -> str:
+    """A local SQLite store's folder exists before MLflow opens it (MLflow creates the file, not its folder)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def tracking_uri(config: Any = None) -> str:
+    """The configured URI (the tracking section), else $MLFLOW_TRACKING_URI, else `default_store()`."""
+    return getattr(config, "tracking_uri", None) or os.environ.get(STORE_ENV) or default_store()
 
 
 def client_env(http_timeout_s: float = 15, http_retries: int = 1) -> None:
@@ -150,22 +166,32 @@ class Tracker:
         t.state.update({k: state[k] for k in ("run_id", "sent")})
         if uri and uri != state["uri"]:
             t.state.update(run_id=None, sent=0)  # another server: the whole journal goes to a new run
-        t._ops = [json.loads(line) for line in t.journal.read_text().splitlines() if line.strip()]
+        t._ops = _read_journal(t.journal)
         return t
+
+    @classmethod
+    def attach(cls, local_dir: str | Path, uri: str, run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> Tracker:
+        """A started tracker that adds to an existing run (e.g. the study's run, ended after the search)."""
+        t = cls(local_dir, uri, experiment)
+        t.state["run_id"] = run_id
+        return t.start()
 
     def start(self) -> Tracker:
         """Open the journal and try to create the run; a server that is away only delays sending, one that refuses
-        the credentials (or half of them set) fails the step here, at its start, in one line."""
+        the credentials (or half of them set) fails the step here, at its start, in one line.
+
+        A journal already in `local_dir` (a resumed training, a rerun step) is kept and continued, sent or not: the
+        same run on the same server; on another server the whole journal goes to a new run there."""
         check_credentials(self.uri)
         client_env(self.http_timeout_s)
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.journal.exists() and self.state_path.exists():
-            old = json.loads(self.state_path.read_text())
+        if self.journal.exists():
+            self._ops = _read_journal(self.journal)
+            old = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
             if old.get("run_id") and old.get("uri") == self.uri:
-                self.state.update(run_id=old["run_id"], sent=old["sent"])
-                self._ops = [json.loads(line) for line in self.journal.read_text().splitlines() if line.strip()]
-            else:
-                self.journal.unlink()
+                self.state.update(run_id=old["run_id"], sent=min(int(old.get("sent", 0)), len(self._ops)))
+            if self._ops:
+                log.info("tracking: continuing the journal %s (%d record(s), %d unsent)", self.journal, len(self._ops), self.pending)
         self._save_state()
         self._append({"op": "tags", "data": self._tags})
         self.flush(at_start=True)
@@ -260,7 +286,7 @@ class Tracker:
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = MlflowClient(tracking_uri=ensure_store(self.uri), registry_uri=self.uri)
         return self._client
 
     def _experiment_id(self) -> str:
@@ -368,6 +394,30 @@ class Tracker:
         return False
 
 
+def _read_journal(path: Path) -> list[dict[str, Any]]:
+    """The journal's records. A last line cut short by a kill mid-append is dropped and cut from the file, so what is
+    appended next starts on a line of its own."""
+    data = path.read_bytes()
+    ops, good = [], 0
+    for line in data.splitlines(keepends=True):
+        if line.strip():
+            try:
+                ops.append(json.loads(line))
+            except ValueError:  # not JSON, or cut inside a UTF-8 character
+                if not line.endswith(b"\n"):
+                    log.warning("tracking: the last line of %s was cut short (a killed process?); dropped", path)
+                    break
+                log.warning("tracking: %s holds a line that is not JSON; skipped", path)
+        good += len(line)
+    if good < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+    elif data and not data.endswith(b"\n"):
+        with open(path, "ab") as fh:
+            fh.write(b"\n")
+    return ops
+
+
 def sync(local_dir: str | Path, uri: str | None = None, retries: int = 3) -> Tracker:
     """Send a journal's unsent records (to `uri`, or to the server it was meant for); returns the tracker."""
     t = Tracker.resume(local_dir, uri, retries=retries)
@@ -381,20 +431,20 @@ def step_tracker(config: Any, out: str | Path, step: str, run_name: str | None =
     """The tracker of a step writing into `out`: journal in `out/tracking/`; params = `params` (the step's typed
     config) when given, else `config`, as `<step>.*`; `config` also gives the URI and experiment."""
     out = Path(out)
-    t = Tracker(out / "tracking", tracking_uri(config, out.parent), getattr(config, "experiment", None) or DEFAULT_EXPERIMENT,
+    t = Tracker(out / "tracking", tracking_uri(config), getattr(config, "experiment", None) or DEFAULT_EXPERIMENT,
                 run_name or step, tags={"step": step, **run_tags(), **{k: str(v) for k, v in (tags or {}).items()}},
-                parent_run_id=parent_run_id)
+                parent_run_id=parent_run_id or getattr(config, "parent_run_id", None))
     t.start()
     t.log_params(flatten(config if params is None else params, f"{step}."))
     return t
 
 
 def study_run(uri: str, local_dir: str | Path, study_name: str, params: dict[str, Any] | None = None,
-              experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, Any] | None = None) -> str | None:
+              experiment: str = DEFAULT_EXPERIMENT, tags: dict[str, Any] | None = None, parent_run_id: str | None = None) -> str | None:
     """The parent run of an Optuna study (create it once, in the process that creates the study, and pass its id
     to the workers, e.g. through `study.set_user_attr("mlflow_run_id", ...)`); None if the server is away."""
-    t = Tracker(local_dir, uri, experiment, run_name=study_name, tags={"optuna.study": study_name, **run_tags(),
-                **{k: str(v) for k, v in (tags or {}).items()}})
+    t = Tracker(local_dir, uri, experiment, run_name=study_name, tags={"optuna.study": study_name, "step": "tune", **run_tags(),
+                **{k: str(v) for k, v in (tags or {}).items()}}, parent_run_id=parent_run_id)
     t.start()
     if params:
         t.log_params(params)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from sibeatgan.augment import AugmentConfig, apply, augment, shift
+from sibeatgan.augment import AugmentConfig, augment
+from sibeatgan.config import StudentConfig, load_config, replace
+from sibeatgan.errors import ConfigError
 
 LENGTH = 320
 R_AT = 140  # BeatGAN windows: 140 samples before the R peak
@@ -85,7 +85,7 @@ def test_draws_differ_per_beat_and_repeat_with_the_seed():
 
 def test_shift_pads_with_edge_values_and_never_wraps():
     x = torch.linspace(-1, 1, LENGTH).expand(200, 1, LENGTH).contiguous()
-    out = shift(x, 5, torch.Generator().manual_seed(0))
+    out = augment(x, replace(CONFIG, max_shift=5), torch.Generator().manual_seed(0), transforms=("shift",))
     s = (out - x).mean(-1).squeeze(1) / (2 / (LENGTH - 1))  # a ramp moved by s samples
     s = -s.round().long()
     assert s.abs().max() <= 5 and len(set(s.tolist())) == 11  # every shift in [-5, 5] was drawn
@@ -100,8 +100,8 @@ def test_shift_pads_with_edge_values_and_never_wraps():
 
 def test_time_warp_is_monotone_and_fixes_the_ends():
     x = torch.linspace(-1, 1, LENGTH).expand(100, 1, LENGTH).contiguous()
-    cfg = dataclasses.replace(CONFIG, warp=0.9, warp_cycles=2)
-    out = apply(x, "warp", cfg, torch.Generator().manual_seed(0))
+    cfg = replace(CONFIG, warp=0.9, warp_cycles=2)
+    out = augment(x, cfg, torch.Generator().manual_seed(0), transforms=("warp",))
     assert out[..., 1:].sub(out[..., :-1]).min() >= 0
     assert torch.allclose(out[..., 0], x[..., 0]) and torch.allclose(out[..., -1], x[..., -1])
     assert (out - x).abs().max() * (LENGTH - 1) / 2 <= cfg.max_warp_displacement(LENGTH) + 1e-3
@@ -112,9 +112,50 @@ def test_default_positives_are_the_mild_transforms_and_config_is_checked():
     x = beats(16)
     out = augment(x, AugmentConfig(), torch.Generator().manual_seed(0))
     assert (out[:, 0].argmax(-1) - x[:, 0].argmax(-1)).abs().max() <= 2
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ConfigError, match="positives"):
         AugmentConfig(positives=("flip",))
-    with pytest.raises(ValueError, match="warp"):
+    with pytest.raises(ConfigError, match="warp"):
         AugmentConfig(warp=1.0)
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ConfigError, match="scale"):
         AugmentConfig(scale=(1.2, 0.8))
+    with pytest.raises(ConfigError, match="noise_std"):
+        AugmentConfig(noise_std=-0.1)
+
+
+def test_the_student_section_sets_the_augmentations_from_yaml_and_overrides(tmp_path):
+    f = tmp_path / "student.yaml"
+    f.write_text("student:\n  augment:\n    noise_std: 0.05\n    scale: [0.9, 1.1]\n")
+    conf = load_config(StudentConfig, f, {"augment.positives": "noise,shift", "augment.max_shift": "2"})
+    assert conf.augment == AugmentConfig(noise_std=0.05, scale=(0.9, 1.1), positives=("noise", "shift"), max_shift=2)
+    assert load_config(StudentConfig).augment == AugmentConfig()
+    with pytest.raises(ConfigError, match=r"StudentConfig\.augment\.positives\[0\]: 'flip' is not one of"):
+        load_config(StudentConfig, None, {"augment.positives": "flip"})
+    with pytest.raises(ConfigError, match=r"StudentConfig\.augment: unknown field\(s\) nosie_std"):
+        load_config(StudentConfig, None, {"augment.nosie_std": "0.1"})
+
+
+def test_training_draws_its_views_with_the_configured_augmentations():
+    """The student's config reaches the trainers (distill._common), and their views follow it."""
+    from sibeatgan.device import Runtime
+    from sibeatgan.models import Generator
+    from sibeatgan.train.distill import _common
+    from sibeatgan.train.student import BatchedStudentTrainer, StudentTrainer
+
+    x = beats(8)
+    identity = load_config(StudentConfig, None, {"augment.positives": "scale", "augment.scale": "1,1"})
+    noisy = load_config(StudentConfig, None, {"augment.positives": "noise", "augment.noise_std": "0.3"})
+    small = {"ngf": 4, "ndf": 4, "batch_size": 8}
+    teacher = Generator(1, LENGTH, 4, 4)
+    cpu = Runtime(torch.device("cpu"))
+    for conf in (identity, noisy):
+        kw = {**_common(conf), **small}
+        assert kw["augment_config"] == conf.augment
+        single = StudentTrainer(teacher, cpu, init="scratch", **kw)
+        batched = BatchedStudentTrainer(teacher, cpu, 2, init="scratch", **kw)
+        views = [single.views(x), batched._views(torch.stack([x, x]))[0]]
+        for v in views:
+            if conf is identity:
+                assert torch.equal(v, torch.cat([x, x]))  # a scale of exactly 1 and nothing else: the beats themselves
+            else:
+                noise = (v - torch.cat([x, x])).std()
+                assert 0.05 < noise < 0.3  # uniform sigma in [0, 0.3]: about 0.17 on average

@@ -155,3 +155,12 @@ def test_multi_adam_matches_torch_adam_and_masks_members():
     for k in (0, 2):
         assert torch.allclose(p[k], refs[k], atol=1e-5)  # float32 rounding of lr 0.1 steps
     assert torch.equal(p[1], start[1]) and q[1].abs().max() == 0 and q[0].abs().min() > 0
+
+
+def test_a_group_of_one_member_trains():
+    """A search with group_size 1 (each worker one trial at a time, the local pipeline's default) is a batched group of
+    one member: it keeps its member axis and trains (the one-epoch-loop refactor once broke it on the batch index)."""
+    bt = batched(CONFIGS[:1])
+    bt.set_train_data(data(32))
+    out = bt.train_epoch()
+    assert out["steps"] >= 1 and len(out["loss"]) == 1 and out["alive"] == [True]

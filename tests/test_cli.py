@@ -50,13 +50,13 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path):
 def test_train_teacher_then_evaluate(synth_dataset, tmp_path):
     small = ["--set", "ngf=8", "--set", "ndf=8", "--set", "nz=16", "--set", "max_train_beats=256"]
     r = sib("train-teacher", "-d", str(synth_dataset), "-o", str(tmp_path / "t"), "--epochs", "2", "--device", "cpu",
-            "--no-progress", *small)
+            "--no-progress", *small, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "train-teacher done" in r.stderr and '"criterion": "val_normal_mse"' in r.stderr and "best_metric" in r.stderr
-    # Tracked by default in the local store beside the output: config, every epoch, lineage.
+    # Tracked by default in the one local store every command uses, runs/mlflow.db: config, every epoch, lineage.
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id])
     assert run.data.tags["step"] == "train-teacher" and run.data.params["model.ngf"] == "8"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_normal_mse")] == [1, 2]
@@ -65,7 +65,8 @@ def test_train_teacher_then_evaluate(synth_dataset, tmp_path):
     r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--folds", "0,1,2,3,4")
     assert r.returncode == 2 and "give one --model per fold" in r.stderr
     assert not (tmp_path / "e").exists()
-    r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--set", "n_bootstrap=20")
+    r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "t"), "-o", str(tmp_path / "e"), "--set", "n_bootstrap=20",
+            cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "e" / "evaluation.json").read_text())
     assert list(result["folds"]) == ["0"] and 0.0 <= result["folds"]["0"]["auc"] <= 1.0
@@ -116,12 +117,12 @@ def test_train_student_with_a_chosen_score_then_evaluate_its_other_scores(synth_
     small = ["--set", "ngf=8", "--set", "ndf=8", "--set", "nz=16", "--set", "max_train_beats=256"]
     run_train_teacher(TeacherConfig(ngf=8, ndf=8, nz=16, max_train_beats=256, epochs=1, device="cpu"), synth_dataset, tmp_path / "t")
     r = sib("train-student", "-d", str(synth_dataset), "-t", str(tmp_path / "t"), "-o", str(tmp_path / "s"), "--epochs", "1",
-            "--device", "cpu", "--no-progress", *small, "--set", "score=combined", "--set", "score_weight=0.75")
+            "--device", "cpu", "--no-progress", *small, "--set", "score=combined", "--set", "score_weight=0.75", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert '"kind": "combined"' in r.stderr and json.loads((tmp_path / "s" / "score.json").read_text())["weight"] == 0.75
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id]) if r.data.tags["step"] == "train-student"]
-    assert {"metrics.json", "score.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "score.json", "model_card.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     r = sib("evaluate", "-d", str(synth_dataset), "-m", str(tmp_path / "s"), "-o", str(tmp_path / "e"), "--set", "n_bootstrap=0",
             "--set", "score=discrepancy", "--no-track")
     assert r.returncode == 0, r.stderr

@@ -62,7 +62,14 @@ def test_compare_reports_b_minus_a_per_fold_and_pooled(synth_dataset, evaluation
     assert pooled["delta_auc"] == pytest.approx(np.mean([result["folds"][k]["delta_auc"] for k in ("0", "1")]))
     table = (tmp_path / "cmp" / "table.txt").read_text()
     assert table.strip() == format_compare_table(result)
-    assert "pooled" in table and "record-level" in table and "p=" in table
+    assert "pooled" in table and "unit+record-level" in table and "p=" in table  # two folds: two units
+    one = run_compare(EvaluateConfig(n_bootstrap=50), synth_dataset, a, b, tmp_path / "one", level="record")
+    assert one["pooled"]["bootstrap"] == "record"
+    with pytest.raises(ConfigError, match="at least 2 trained pairs"):
+        single = tmp_path / "single"
+        g = fake_generator(tmp_path / "g1.pt", synth_dataset, 0)
+        run_evaluate(EvaluateConfig(n_bootstrap=0, plots=False), synth_dataset, g, single)
+        run_compare(QUICK, synth_dataset, single, single, tmp_path / "lone", level="unit+record")
     same = run_compare(EvaluateConfig(n_bootstrap=100), None, a, a, tmp_path / "same")["pooled"]
     assert same["delta_auc"] == 0 and same["delta_auc_ci"] == [0.0, 0.0] and same["p_ap"] == 1.0
 
@@ -73,7 +80,21 @@ def test_compare_pools_seeds_paired_in_order(synth_dataset, evaluations, tmp_pat
     assert result["n_seeds"] == 2 and result["folds"]["0"]["n_units"] == 2 and result["pooled"]["n_units"] == 4
     deltas = [_fold(e[f"b{s}"], k)["auc"] - _fold(e[f"a{s}"], k)["auc"] for s in (0, 1) for k in ("0", "1")]
     assert result["pooled"]["delta_auc"] == pytest.approx(np.mean(deltas))
-    assert "2 seed(s)" in format_compare_table(result)
+    table = format_compare_table(result)
+    assert "2 seed(s)" in table
+    # several trained pairs: the default resamples them too (training variance), with the record-only figures beside
+    pooled = result["pooled"]
+    assert result["level"] == "auto" and pooled["bootstrap"] == "unit+record" and pooled["units_drawn"] == 3
+    assert result["folds"]["0"]["bootstrap"] == "unit+record" and result["folds"]["0"]["units_drawn"] == 1
+    assert pooled["unit_delta_auc"] == pytest.approx([deltas[0], deltas[2], deltas[1], deltas[3]])  # units fold by fold
+    assert "unit+record-level" in table and "pooled: record-only" in table and "fewer than 5 units" in table
+    record = run_compare(EvaluateConfig(n_bootstrap=100), synth_dataset, [e["a0"], e["a1"]], [e["b0"], e["b1"]], tmp_path / "rec",
+                         level="record")
+    assert record["pooled"]["bootstrap"] == "record"
+    assert record["pooled"]["delta_auc_ci"] == pytest.approx(pooled["record_only"]["delta_auc_ci"])
+    assert "record-only" not in format_compare_table(record)
+    with pytest.raises(ConfigError, match="unknown level 'seed'"):
+        run_compare(QUICK, synth_dataset, e["a0"], e["b0"], tmp_path / "bad", level="seed")
     with pytest.raises(ConfigError, match="2 evaluation"):
         run_compare(QUICK, synth_dataset, [e["a0"], e["a1"]], [e["b0"]], tmp_path / "bad")
 
@@ -122,8 +143,9 @@ def test_cli_compare(synth_dataset, evaluations, tmp_path):
 
     e = evaluations
     run = CliRunner().invoke(app, ["compare", "--a", str(e["a0"]), "--a", str(e["a1"]), "--b", str(e["b0"]), "--b", str(e["b1"]),
-                                   "--out", str(tmp_path / "cmp"), "--set", "n_bootstrap=50"])
+                                   "--out", str(tmp_path / "cmp"), "--set", "n_bootstrap=50", "--level", "record"])
     assert run.exit_code == 0, run.output
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["pooled"]["bootstrap"] == "record"
     assert "delta AUC" in run.output and "pooled" in run.output and (tmp_path / "cmp" / "compare.json").is_file()
     refused = CliRunner().invoke(app, ["compare", "--a", str(e["a0"]), "--b", str(e["shifted"]), "--out", str(tmp_path / "no")])
     assert isinstance(refused.exception, DatasetError) and "fold 0" in str(refused.exception)  # main() makes it exit 2

@@ -162,24 +162,6 @@ def test_override_names_must_be_complete():
     assert cfg.parse_overrides([" synth.seed = 3 "]) == {"synth.seed": "3"}
 
 
-def test_a_plain_dataclass_config_still_loads(tmp_path):
-    """A dataclass appended by another branch works with load_config/to_dict until it is converted."""
-    import dataclasses
-
-    @dataclasses.dataclass
-    class StudentConfig:
-        lam: float = 1.0
-        members: int = 5
-        folds: tuple[int, ...] = ()
-
-    s = cfg.load_config(StudentConfig, None, {"lam": "0.5", "folds": "0,1"})
-    assert s == StudentConfig(lam=0.5, folds=(0, 1)) and cfg.to_dict(s) == {"lam": 0.5, "members": 5, "folds": [0, 1]}
-    with pytest.raises(ConfigError, match="StudentConfig.members: expected an integer, got 'many'"):
-        cfg.load_config(StudentConfig, None, {"members": "many"})
-    with pytest.raises(ConfigError, match="StudentConfig: unknown field"):
-        cfg.load_config(StudentConfig, None, {"lamda": "1"})
-
-
 def test_every_section_loads_from_a_file_of_sections(tmp_path):
     f = tmp_path / "all.yaml"
     f.write_text("".join(f"{name}: {{}}\n" for name in cfg.SECTIONS))

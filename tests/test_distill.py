@@ -13,7 +13,8 @@ from sibeatgan.config import SplitConfig, StudentConfig, TuneConfig, replace
 from sibeatgan.data.splits import load_split, run_split
 from sibeatgan.errors import DatasetError
 from sibeatgan.modelio import load_generator
-from sibeatgan.train.distill import run_train_student, run_tune, train_student_group
+from sibeatgan.steps.tune import run_tune
+from sibeatgan.train.distill import run_train_student, train_student_group
 from sibeatgan.train.teacher import run_train_teacher
 from tests.test_teacher import small_config, synthetic_dataset
 
@@ -106,6 +107,8 @@ def test_tune_logs_the_study_as_a_run_and_each_trial_as_a_child_run(teacher, tmp
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("optuna.study") == tune.study_name]
     assert len(parents) == 1
+    assert parents[0].info.status == "FINISHED" and "best_value" in parents[0].data.metrics, "the study's run ends with its result"
+    assert "plots/history.png" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "plots")}
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.tags["optuna.trial"] for r in children) == ["0", "1"]
     for r in children:

@@ -78,7 +78,7 @@ def test_hadolint_passes() -> None:
 def test_dockerfile_essentials() -> None:
     text = DOCKERFILE.read_text()
     assert FROM_BASE.search(text), "a PyTorch CUDA runtime base image by default, any other through the BASE build argument"
-    from sibeatgan.pipeline import MALLOC_ENV
+    from pipelines.local import MALLOC_ENV
 
     for name, value in MALLOC_ENV.items():  # the local pipeline run sets the same for its tasks
         assert f"{name}={value}" in text

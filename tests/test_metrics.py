@@ -74,7 +74,7 @@ def test_metrics_of_perfect_reversed_and_random_scores():
     labels = np.array([0] * 50 + [1] * 10 + [2] * 10)
     perfect = np.r_[np.linspace(0, 1, 50), np.linspace(2, 3, 20)]
     m = metrics(perfect, labels, n_bootstrap=200, seed=0)
-    assert m["auc"] == 1.0 and m["ap"] == pytest.approx(1.0) and m["f1_oracle"] == pytest.approx(1.0) == m["f1"]
+    assert m["auc"] == 1.0 and m["ap"] == pytest.approx(1.0) and m["f1_oracle"] == pytest.approx(1.0) and "f1" not in m
     assert 1.0 < m["threshold_oracle"] <= 2.0 and m["bootstrap"] == "beat"
     assert m["auc_ci"] == [1.0, 1.0] and m["per_class"]["S"]["auc"] == 1.0 and m["per_class"]["V"]["n"] == 10
     assert set(m["per_class"]) == {"S", "V"}  # F and Q are absent, so skipped
@@ -317,3 +317,62 @@ def test_anomaly_score_refuses_a_score_the_model_cannot_give():
     gap = AnomalyScore(gen, {"kind": "discrepancy"}, teacher.encoder)
     np.testing.assert_array_equal(gap(x), latent_gap(gen, teacher.encoder, x))
     assert (latent_gap(teacher, teacher.encoder, x) == 0).all()  # a model agrees with itself
+
+
+def _null_units(rng: np.random.Generator, n_units: int, unit_sd: float, n_records: int = 20, per_record: int = 5) -> list:
+    """K trained pairs of equally good models on the same patients: each model of each unit gets its own separation
+    (1 + N(0, unit_sd)), as a seed moves a trained model; a and b are exchangeable, so the true delta is 0."""
+    groups = np.repeat(np.arange(n_records).astype(str), per_record)
+    n = groups.shape[0]
+    patient = np.repeat(rng.normal(size=n_records), per_record)  # shared by every unit and both models
+    labels = (rng.random(n) < 0.3).astype(int)
+    units = []
+    for shift_a, shift_b in rng.normal(0, unit_sd, (n_units, 2)):
+        a = patient + rng.normal(size=n) + (1.0 + shift_a) * labels
+        b = patient + rng.normal(size=n) + (1.0 + shift_b) * labels
+        units.append((a, b, labels, groups))
+    return units
+
+
+def _coverage(unit_sd: float, sims: int = 200, n_units: int = 8) -> tuple[float, float]:
+    rng = np.random.default_rng(123)
+    two = record = 0
+    for i in range(sims):
+        r = paired_compare_units(_null_units(rng, n_units, unit_sd), n_bootstrap=100, seed=i)
+        assert r["bootstrap"] == "unit+record" and r["units_drawn"] == n_units - 1
+        two += r["delta_auc_ci"][0] <= 0 <= r["delta_auc_ci"][1]
+        record += r["record_only"]["delta_auc_ci"][0] <= 0 <= r["record_only"]["delta_auc_ci"][1]
+    return two / sims, record / sims
+
+
+def test_two_level_interval_covers_a_null_with_training_variance_where_the_record_only_one_does_not():
+    """200 simulated nulls of 8 units each: with a per-unit shift (seed-to-seed spread) the record-only interval misses
+    0 far too often, the unit+record one about as often as 95% allows; without a shift both cover (the two-level one
+    conservatively: it counts each unit's own patient noise twice, the price of not assuming training variance away)."""
+    two, record = _coverage(unit_sd=0.4)
+    assert 0.90 <= two <= 0.995 and record <= 0.80, (two, record)
+    two, record = _coverage(unit_sd=0.0)
+    assert two >= 0.93 and 0.85 <= record <= 0.99, (two, record)
+
+
+def test_two_level_is_the_default_for_several_units_and_keeps_the_record_only_draws():
+    rng = np.random.default_rng(5)
+    units = _null_units(rng, 4, 0.3)
+    two = paired_compare_units(units, n_bootstrap=200, seed=3)
+    record = paired_compare_units(units, n_bootstrap=200, seed=3, level="record")
+    assert two["bootstrap"] == "unit+record" and record["bootstrap"] == "record" and "record_only" not in record
+    assert two["record_only"]["delta_auc_ci"] == pytest.approx(record["delta_auc_ci"])  # the same record draws
+    assert two["record_only"]["p_ap"] == pytest.approx(record["p_ap"])
+    assert two["delta_auc"] == record["delta_auc"] and len(two["unit_delta_auc"]) == 4
+    assert two["delta_auc"] == pytest.approx(np.mean(two["unit_delta_auc"]))
+    assert two["unit_sd_delta_auc"] == pytest.approx(np.std(two["unit_delta_auc"], ddof=1))
+    width = lambda r: r["delta_auc_ci"][1] - r["delta_auc_ci"][0]  # noqa: E731
+    assert width(two) > width(record)
+    one = paired_compare_units(units[:1], n_bootstrap=50)
+    assert one["bootstrap"] == "record" and "units_drawn" not in one and one["unit_sd_delta_auc"] is None
+    with pytest.raises(ValueError, match="at least 2 units"):
+        paired_compare_units(units[:1], n_bootstrap=10, level="unit+record")
+    with pytest.raises(ValueError, match="unknown level 'patient'"):
+        paired_compare_units(units, n_bootstrap=10, level="patient")
+    with pytest.raises(ValueError, match="needs the record of each beat"):
+        paired_compare_units([(u[0], u[1], u[2], None) for u in units[:1]], n_bootstrap=10, level="unit+record")

@@ -34,14 +34,19 @@ def test_compiled_yaml_is_current(tmp_path: Path) -> None:
         "pipelines/si_beatgan.yaml is stale: run `python -m pipelines.si_beatgan` and commit it")
 
 
-def test_module_main_writes_the_yaml(tmp_path: Path) -> None:
-    """`python -m pipelines.si_beatgan` (the documented command) compiles into pipelines/si_beatgan.yaml."""
+def test_kfp_compile_from_the_repository_root(tmp_path: Path) -> None:
+    """`kfp dsl compile --py pipelines/si_beatgan.py`, the command KFP users type, works from the repository root and
+    gives the committed YAML; `python -m pipelines.si_beatgan OUT` too. Neither touches the committed file."""
     before = COMPILED.read_bytes()
-    try:
-        subprocess.run([sys.executable, "-m", "pipelines.si_beatgan"], cwd=ROOT, check=True, timeout=120)
-        assert COMPILED.read_bytes() == before
-    finally:
-        COMPILED.write_bytes(before)  # a test leaves the committed file as it found it
+    kfp_cli = Path(sys.executable).parent / "kfp"
+    out = tmp_path / "kfp.yaml"
+    done = subprocess.run([str(kfp_cli), "dsl", "compile", "--py", "pipelines/si_beatgan.py", "--output", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes() == before
+    subprocess.run([sys.executable, "-m", "pipelines.si_beatgan", str(tmp_path / "m.yaml")], cwd=ROOT, check=True, timeout=180)
+    assert (tmp_path / "m.yaml").read_bytes() == before
+    assert COMPILED.read_bytes() == before
 
 
 def test_every_component_runs_on_the_versioned_image_without_installs() -> None:
@@ -51,9 +56,10 @@ def test_every_component_runs_on_the_versioned_image_without_installs() -> None:
     assert IMAGE == f"ghcr.io/si-beatgan/sibeatgan:{version}"
     pipeline, _ = _spec()
     executors = pipeline["deploymentSpec"]["executors"]
-    assert {"exec-ingest", "exec-validate-records", "exec-preprocess", "exec-validate-beats", "exec-plan-runs",
+    assert {"exec-start-run", "exec-ingest", "exec-validate-records", "exec-preprocess", "exec-validate-beats", "exec-plan-runs",
             "exec-train-teacher", "exec-evaluate", "exec-pick-teacher", "exec-create-study", "exec-tune-worker", "exec-best-config",
-            "exec-train-student", "exec-evaluate-2", "exec-compare", "exec-register", "exec-register-2"} <= set(executors)
+            "exec-train-candidates", "exec-evaluate-2", "exec-evaluate-3", "exec-compare", "exec-pick-winner", "exec-register",
+            "exec-register-2"} <= set(executors)
     for name, ex in executors.items():
         assert ex["container"]["image"] == IMAGE, name
         command = " ".join(ex["container"]["command"] + ex["container"].get("args", []))
@@ -77,7 +83,8 @@ def test_typed_artifacts_between_steps() -> None:
     assert outputs("comp-pick-teacher") == {"teacher": "system.Model", "evaluation": "system.Artifact"}
     assert outputs("comp-tune-worker") == {"trials_out": "system.Artifact"}
     assert outputs("comp-best-config") == {"best": "system.Dataset", "metrics": "system.Metrics"}
-    assert outputs("comp-train-student") == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs("comp-train-candidates") == {"student": "system.Model", "control": "system.Model"}
+    assert outputs("comp-pick-winner") == {"winner": "system.Model", "evaluation": "system.Artifact", "evidence": "system.Artifact"}
     assert outputs("comp-register") == {"registration": "system.Artifact"}
     assert outputs("comp-compare") == {"comparison": "system.Artifact", "metrics": "system.Metrics", "summary": "system.Markdown"}
     pick_inputs = comps["comp-pick-teacher"]["inputDefinitions"]["artifacts"]
@@ -92,7 +99,8 @@ def test_gates_come_before_training_and_steps_are_set_deliberately() -> None:
     assert "validate-beats" in pipeline["root"]["dag"]["tasks"]["for-loop-1"]["dependentTasks"]
     train = loop["train-teacher"]
     assert train["retryPolicy"]["maxRetryCount"] == 3
-    assert not train.get("cachingOptions", {}).get("enableCache"), "a per-run checkpoint key: never a cache hit"
+    assert train["cachingOptions"]["enableCache"] is True, "checkpoints keyed by content: a resubmission is a cache hit or resumes"
+    assert "start-run" in root["ingest"]["dependentTasks"], "the pipeline's MLflow run exists before any step logs under it"
     assert root["ingest"]["cachingOptions"]["enableCache"] is True
     assert root["ingest"]["retryPolicy"]["maxRetryCount"] == 2
     for name in ("validate-records", "validate-beats", "preprocess"):
@@ -134,7 +142,12 @@ def test_search_student_and_registration() -> None:
     assert "int(inputs.parameter_values['pipelinechannel--trials']) > 0" == student_branch["triggerPolicy"]["condition"]
     assert "!(" in teacher_branch["triggerPolicy"]["condition"], "the Else branch"
     search = comps["comp-condition-4"]["dag"]["tasks"]
-    assert set(search) == {"create-study", "for-loop-3", "best-config", "train-student", "evaluate-2", "compare", "register"}
+    assert set(search) == {"create-study", "for-loop-3", "best-config", "train-candidates", "evaluate-2", "evaluate-3", "compare",
+                           "pick-winner", "register"}
+    assert set(search["pick-winner"]["dependentTasks"]) >= {"compare", "train-candidates", "evaluate-2", "evaluate-3"}
+    assert search["register"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "pick-winner", \
+        "the winner on validation is registered, not always the student"
+    assert search["register"]["inputs"]["artifacts"]["evidence"]["taskOutputArtifact"]["producerTask"] == "pick-winner"
     assert search["for-loop-3"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--create-study-Output"
     assert "for-loop-3" in search["best-config"]["dependentTasks"]
     assert set(comps["comp-condition-5"]["dag"]["tasks"]) == {"register-2"}
@@ -142,31 +155,35 @@ def test_search_student_and_registration() -> None:
     assert gates == {"records_report", "beats_report"}, "the gates' verdict and reports go with the model"
     worker = comps["comp-for-loop-3"]["dag"]["tasks"]["tune-worker"]
     assert worker["retryPolicy"]["maxRetryCount"] == 2 and not worker.get("cachingOptions", {}).get("enableCache")
-    assert search["train-student"]["retryPolicy"]["maxRetryCount"] == 3
+    assert search["train-candidates"]["retryPolicy"]["maxRetryCount"] == 3
     executors = pipeline["deploymentSpec"]["executors"]
-    for name in ("exec-tune-worker", "exec-train-student"):
+    for name in ("exec-tune-worker", "exec-train-candidates"):
         assert executors[name]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu", name
         assert k8s[name]["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "pipelinechannel--gpu_type", name
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[name]["tolerations"], name
-    assert k8s["exec-train-student"]["pvcMount"][0]["mountPath"] == "/checkpoints"
-    wanted = {"exec-create-study": ("optuna", "mlflow"), "exec-tune-worker": ("optuna", "mlflow"), "exec-best-config": ("optuna",),
-              "exec-register": ("mlflow",), "exec-register-2": ("mlflow",)}
+    assert k8s["exec-train-candidates"]["pvcMount"][0]["mountPath"] == "/checkpoints"
+    wanted = {"exec-create-study": ("optuna", "mlflow"), "exec-tune-worker": ("optuna", "mlflow"), "exec-best-config": ("optuna", "mlflow"),
+              "exec-register": ("mlflow",), "exec-register-2": ("mlflow",), "exec-train-teacher": ("mlflow",),
+              "exec-train-candidates": ("mlflow",), "exec-evaluate": ("mlflow",), "exec-compare": ("mlflow",), "exec-start-run": ("mlflow",)}
     for name, which in wanted.items():
         envs = {env["secretName"]: {k["envVar"] for k in env["keyToEnv"]} for env in k8s[name]["secretAsEnv"]}
         assert envs == {SECRETS[w][0]: set(SECRETS[w][1].values()) for w in which}, name
     assert set(SECRETS["mlflow"][1].values()) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
     params = pipeline["root"]["inputDefinitions"]["parameters"]
-    for name in ("trials", "workers", "members_per_worker", "tune_epochs", "student_epochs", "mlflow_uri", "optuna_storage"):
+    for name in ("trials", "workers", "members_per_worker", "tune_epochs", "student_epochs", "mlflow_uri", "optuna_storage", "experiment",
+                 "model_name", "data_version"):
         assert name in params, name
     assert params["optuna_storage"]["defaultValue"] == "" and params["mlflow_uri"]["defaultValue"] == \
         "http://sibeatgan-mlflow.sibeatgan.svc.cluster.local:5000"
+    for name, executor in k8s.items():
+        assert executor.get("activeDeadlineSeconds") or name == "exec-synth", f"{name} has no timeout"
     outputs = pipeline["root"]["outputDefinitions"]
     assert outputs["parameters"]["registered"]["parameterType"] == "STRUCT" and outputs["artifacts"]["teachers"]["isArtifactList"]
 
 
 def test_tune_config_storage_and_study_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from sibeatgan.errors import ConfigError
-    from sibeatgan.pipeline import tune_config
+    from sibeatgan.steps.protocol import tune_config
 
     monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
     with pytest.raises(ConfigError, match="no Optuna storage"):
@@ -185,7 +202,7 @@ def test_pick_run_matches_fold_and_seed() -> None:
     from kfp.dsl import Model
 
     from sibeatgan.errors import ConfigError
-    from sibeatgan.pipeline import pick_run
+    from sibeatgan.steps.protocol import pick_run
 
     models = [Model(uri=f"/m{i}", metadata={"fold": float(f), "seed": 0}) for i, f in enumerate((1, 0, 2))]
     assert pick_run(models, 0, 0, "teacher").uri == "/m1"
@@ -196,7 +213,7 @@ def test_pick_run_matches_fold_and_seed() -> None:
 def test_step_config_reads_sections_and_typed_overrides() -> None:
     from sibeatgan.config import EvaluateConfig, TeacherConfig
     from sibeatgan.errors import ConfigError
-    from sibeatgan.pipeline import step_config
+    from sibeatgan.steps.protocol import step_config
 
     text = "teacher:\n  lambda_fm: 0.5\n  epochs: 7\nevaluate:\n  n_bootstrap: 10\n"
     conf = step_config(TeacherConfig, text, epochs=3, fold=2, device=None)
@@ -211,7 +228,7 @@ def test_step_config_reads_sections_and_typed_overrides() -> None:
 
 def test_run_grid() -> None:
     from sibeatgan.errors import ConfigError
-    from sibeatgan.pipeline import run_grid
+    from sibeatgan.steps.protocol import run_grid
 
     assert run_grid([0.0, 1.0], [7]) == [{"fold": 0, "seed": 7}, {"fold": 1, "seed": 7}]
     assert len(run_grid(range(5), [0, 1, 2])) == 15
@@ -223,7 +240,7 @@ def test_run_grid() -> None:
 def test_roc_points_are_finite_thinned_and_monotone() -> None:
     from sklearn.metrics import auc
 
-    from sibeatgan.pipeline import roc_points
+    from sibeatgan.steps.protocol import roc_points
 
     rng = np.random.default_rng(0)
     labels = rng.random(5000) < 0.2
@@ -237,34 +254,53 @@ def test_roc_points_are_finite_thinned_and_monotone() -> None:
     assert abs(auc(fpr, tpr) - roc_auc_score(labels, scores)) < 0.01
 
 
-def test_train_component_resumes_from_its_checkpoint(synth_dataset: Path, tmp_path: Path) -> None:
-    """A retried teacher task (same run id) continues from the checkpoint on the volume, not from epoch 1."""
+def test_train_component_resumes_from_its_content_keyed_checkpoint(synth_dataset: Path, tmp_path: Path) -> None:
+    """A retried teacher task, or the same teacher in a resubmitted run, continues from the checkpoint on the volume (its
+    folder named by fold, seed and a hash of config and data), not from epoch 1; another config gets another folder."""
     import json
 
     from kfp.dsl import Dataset, Metrics, Model
 
     from components import train_teacher
+    from sibeatgan.data.artifact import load
 
     conf = "teacher:\n  max_train_beats: 64\n  batch_size: 64\n  cuda_graph: false\n"
-    args = dict(fold=0, seed=0, config_yaml=conf, device="cpu", checkpoint_root=str(tmp_path / "ckpt"), run_id="run-1")
+    beats = Dataset(uri=str(synth_dataset), metadata={"content_hash": load(synth_dataset).content_hash()})
+    args = dict(fold=0, seed=0, config_yaml=conf, device="cpu", checkpoint_root=str(tmp_path / "ckpt"))
     first = Model(uri=str(tmp_path / "attempt1" / "model"))
-    train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=first, metrics=Metrics(uri=str(tmp_path / "m1")), epochs=1, **args)
-    work = tmp_path / "ckpt" / "run-1" / "fold0-seed0"
+    train_teacher.python_func(beats=beats, model=first, metrics=Metrics(uri=str(tmp_path / "m1")), epochs=1, **args)
+    (work,) = (tmp_path / "ckpt").iterdir()
+    assert work.name.startswith("teacher-f0-s0-") and first.metadata["checkpoint"] == work.name
     assert (work / "checkpoint.pt").is_file() and (Path(first.path) / "generator.pt").is_file()
+    assert not (Path(first.path) / "checkpoint.pt").exists(), "the model artifact holds the model, not the optimizer state"
     history1 = json.loads((work / "metrics.json").read_text())["history"]
 
     second = Model(uri=str(tmp_path / "attempt2" / "model"))
     metrics = Metrics(uri=str(tmp_path / "m2"))
-    train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=second, metrics=metrics, epochs=2, **args)
+    train_teacher.python_func(beats=beats, model=second, metrics=metrics, epochs=2, **args)
     history2 = json.loads((Path(second.path) / "metrics.json").read_text())["history"]
     assert len(history2) == 2 and history2[0] == history1[0], "the second attempt resumed after epoch 1"
     assert metrics.metadata["epochs"] == 2 and second.metadata["fold"] == 0 and second.metadata["kind"] == "teacher"
+    assert json.loads((Path(second.path) / "model_card.json").read_text())["kind"] == "teacher"
+
+    other = Model(uri=str(tmp_path / "attempt3" / "model"))
+    train_teacher.python_func(beats=beats, model=other, metrics=Metrics(uri=str(tmp_path / "m3")), epochs=1,
+                              **{**args, "config_yaml": conf + "  lr: 0.0002\n"})
+    assert len(list((tmp_path / "ckpt").iterdir())) == 2, "another config trains in a folder of its own"
 
 
 def test_library_does_not_import_kfp() -> None:
-    """sibeatgan (its CLI and sibeatgan.pipeline included) imports kfp only inside run_pipeline_local."""
-    code = "import sys, sibeatgan.cli, sibeatgan.pipeline; sys.exit('kfp' in sys.modules)"
+    """sibeatgan (its CLI and steps layer included) never imports kfp, components/ or pipelines/."""
+    code = ("import sys, sibeatgan.cli, sibeatgan.steps.protocol, sibeatgan.steps.train, sibeatgan.steps.tune, sibeatgan.steps.evaluate; "
+            "sys.exit(any(m == 'kfp' or m.split('.')[0] in ('components', 'pipelines') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+    import re
+
+    for path in (ROOT / "sibeatgan").rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import)\s+(components|pipelines|kfp)\b", text, re.M), f"{path} imports above the library"
+    for path in (ROOT / "sibeatgan" / "train").rglob("*.py"):
+        assert not re.search(r"sibeatgan\.(search|tracking)\b", path.read_text()), f"{path}: train/ imports the search or tracking"
 
 
 def test_train_component_fails_loudly_without_cuda(synth_dataset: Path, tmp_path: Path) -> None:
@@ -281,3 +317,20 @@ def test_train_component_fails_loudly_without_cuda(synth_dataset: Path, tmp_path
         train_teacher.python_func(beats=Dataset(uri=str(synth_dataset)), model=Model(uri=str(tmp_path / "model")),
                                   metrics=Metrics(uri=str(tmp_path / "m")), fold=0, seed=0, epochs=1, device="cuda")
     assert not (tmp_path / "model" / "generator.pt").exists()
+
+
+def test_image_and_pull_secrets_are_compile_time_settings(tmp_path: Path) -> None:
+    """SIBEATGAN_IMAGE and SIBEATGAN_IMAGE_PULL_SECRETS at compile time: every task runs on that image and pulls it with that
+    secret; nothing in code or tests is edited for another registry."""
+    import os
+
+    out = tmp_path / "p.yaml"
+    env = {**os.environ, "SIBEATGAN_IMAGE": "registry.example.com/ml/sibeatgan:0.1.0-abc1234", "SIBEATGAN_IMAGE_PULL_SECRETS": "regcred"}
+    subprocess.run([sys.executable, "-m", "pipelines.si_beatgan", str(out)], cwd=ROOT, env=env, check=True, timeout=180)
+    pipeline, platform = yaml.safe_load_all(out.read_text())
+    for name, ex in pipeline["deploymentSpec"]["executors"].items():
+        assert ex["container"]["image"] == env["SIBEATGAN_IMAGE"], name
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(k8s) == len(pipeline["deploymentSpec"]["executors"]) and all(
+        e.get("imagePullSecret", [{}])[0].get("secretName") == "regcred" for e in k8s.values()), \
+        [n for n, e in k8s.items() if not e.get("imagePullSecret")]

@@ -61,11 +61,13 @@ def test_training_loop_drives_the_tracker(small_teacher: dict) -> None:
 
 
 def test_local_sqlite_store_by_default(small_teacher: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No URI: a SQLite store under the output root; the real teacher's epoch rows, files and lineage are logged."""
+    """No URI: the one SQLite store every command uses, runs/mlflow.db under the working directory (not beside each
+    output); the real teacher's epoch rows, files and lineage are logged."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "teacher"
     tracker = step_tracker(TrackingConfig(), out, "train-teacher", tags={"protocol": "beatgan", "device": "cpu"})
-    assert tracker.uri == f"sqlite:///{tmp_path.resolve() / 'mlruns.db'}"
+    assert tracker.uri == f"sqlite:///{tmp_path.resolve() / 'runs' / 'mlflow.db'}"
     summary = json.loads((small_teacher["train"] / "metrics.json").read_text())
     for row in summary["history"]:  # what the training loop's callback receives, epoch by epoch
         tracker.on_epoch_end(row["epoch"], row)
@@ -249,3 +251,71 @@ def test_batched_members_are_nested_trials(tmp_path: Path) -> None:
     assert (runs["1"].info.status, runs["1"].data.tags["optuna.state"]) == ("KILLED", "pruned")
     assert _steps(client, runs["0"].info.run_id, "val_auc") == [1, 2] and _steps(client, runs["1"].info.run_id, "val_auc") == [1]
     assert runs["1"].data.params["model.lambda_fm"] == "2.0"
+
+
+def test_a_training_killed_and_resumed_while_the_server_is_away_delivers_every_epoch(mlflow_env, synth_dataset,
+                                                                                     tmp_path: Path) -> None:
+    """`train-teacher` with the server away, SIGKILLed after epoch 3, resumed to its end; `track-sync` then delivers the
+    epochs of both runs and the selected epoch, to one run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.services import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, **mlflow_env.env(), "MLFLOW_TRACKING_URI": dead, "PYTHONPATH": str(root)}
+    out = tmp_path / "teacher"
+    cmd = [sys.executable, "-m", "sibeatgan.cli", "train-teacher", "--dataset", str(synth_dataset), "--out", str(out), "--device", "cpu",
+           "--no-progress", *[f"--set={s}" for s in ("ngf=8", "ndf=8", "nz=8", "max_train_beats=128", "cuda_graph=false")]]
+
+    def epochs_done() -> int:
+        try:
+            return len(json.loads((out / "metrics.json").read_text())["history"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    proc = subprocess.Popen([*cmd, "--epochs", "200"], env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while epochs_done() < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the training ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    first = {op["step"] for op in map(json.loads, (out / "tracking" / "journal.jsonl").read_text().splitlines()) if op["op"] == "metrics"}
+    assert {1, 2, 3} <= first
+    epochs = epochs_done() + 2
+    r = subprocess.run([*cmd, "--epochs", str(epochs)], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr and "track-sync" in r.stderr  # it resumed, and said the journal waits for a sync
+
+    r = subprocess.run([sys.executable, "-m", "sibeatgan.cli", "track-sync", str(out / "tracking"), "--uri", mlflow_env.url],
+                       env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "all sent" in r.stdout, r.stderr
+    run_id = json.loads((out / "tracking" / "state.json").read_text())["run_id"]
+    client = _client(mlflow_env.url)
+    assert set(_steps(client, run_id, "val_normal_mse")) == set(range(1, epochs + 1))  # epochs 1-3 too, not only the resumed ones
+    summary = json.loads((out / "metrics.json").read_text())
+    run = client.get_run(run_id)
+    assert run.data.metrics["best_epoch"] == summary["best_epoch"] and run.info.status == "FINISHED"
+
+
+def test_a_journal_line_cut_by_a_kill_is_dropped_and_the_journal_goes_on(tmp_path: Path) -> None:
+    from tests.services import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    tracker = Tracker(tmp_path / "j", dead, "cut", retries=0).start()
+    tracker.on_epoch_end(1, {"loss": 1.0})
+    with open(tracker.journal, "a") as fh:
+        fh.write('{"op": "metrics", "data": {"loss": 2')  # the process died inside this write
+    again = Tracker(tmp_path / "j", dead, "cut", retries=0).start()
+    again.on_epoch_end(2, {"loss": 2.0})
+    ops = [json.loads(line) for line in again.journal.read_text().splitlines()]
+    assert [op["step"] for op in ops if op["op"] == "metrics"] == [1, 2]
+    assert again.pending == len(ops)

@@ -29,6 +29,7 @@ from sibeatgan.data.records import Header, read_header, read_record
 from sibeatgan.data.splits import assign_folds, build_splits, default_split_dir, save_split
 from sibeatgan.errors import ConfigError, RecordError, SourceError
 from sibeatgan.files import sha256_file
+from sibeatgan.procs import die_with_parent, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,18 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[dict[str, 
     else:
         # fork is cheap and safe here unless torch's threads already exist in this process
         method = "fork" if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+        # each worker dies with this process (SIGKILL included); an error or SIGTERM here stops them at once
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=die_with_parent, initargs=(os.getpid(),))
+        try:
             for res in pool.map(_process, jobs):
                 results.append(res)
                 bar.update()
+        except BaseException:
+            workers_left = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_processes(workers_left)
+            raise
+        pool.shutdown()
     bar.close()
     for res in results:
         if "error" in res:

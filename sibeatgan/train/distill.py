@@ -1,4 +1,4 @@
-"""The student's steps: `train-student` (one student, or K at once) and `tune` (the Optuna search), on the one loop.
+"""The student's training: `train-student` (one student, or K at once as a batched group), on the one loop.
 
 A student is distilled from a teacher trained on the same dataset, split and fold (it is refused
 otherwise: a teacher of another fold has seen this fold's test beats). Its data, selection and
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from sibeatgan.config import StudentConfig, TuneConfig
+    from sibeatgan.config import StudentConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def _teacher_path(teacher: str | Path) -> Path:
 
 def _prepare(config: StudentConfig, dataset: Path, teacher: Path, split: Path | None):
     """Dataset, split, fit data and the frozen teacher, with the checks that keep a student honest."""
+    from sibeatgan.card import card_of
     from sibeatgan.data.artifact import load
     from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import select
@@ -48,14 +49,7 @@ def _prepare(config: StudentConfig, dataset: Path, teacher: Path, split: Path | 
     rt = select(config.device, config.amp, config.cuda_graph)
     tpath = _teacher_path(teacher)
     teacher_g, meta = load_generator(tpath, rt.device)
-    if meta.get("dataset_hash") != content_hash:
-        raise DatasetError(f"{tpath}: the teacher was trained on dataset {str(meta.get('dataset_hash'))[:12]}, not on {dataset} ({content_hash[:12]})")
-    if meta.get("split_hash") != split_set.hash:
-        raise DatasetError(f"{tpath}: the teacher was trained on split {str(meta.get('split_hash'))[:12]}, not on {split_set.hash[:12]}")
-    t_protocol, t_fold = meta.get("protocol", (meta.get("config") or {}).get("split")), meta.get("fold", (meta.get("config") or {}).get("fold"))
-    if t_protocol != config.split or (config.split == "beatgan" and t_fold != config.fold):
-        raise DatasetError(f"{tpath}: the teacher is of the {t_protocol!r} split fold {t_fold}, the student asks for {config.split!r} fold "
-                           f"{config.fold}; a teacher of another fold has trained on this fold's test beats")
+    card_of(meta).check(content_hash, split_set.hash, config.fold, config.split, what=f"the teacher {tpath}")
     part = split_set.fold(config.split, config.fold)
     train_idx = _select_train(part.train, config.max_train_beats, config.seed)
     val_labels = ds.labels[part.val]
@@ -82,7 +76,8 @@ def choose_score(config: StudentConfig, generator: Path, teacher_g: torch.nn.Mod
     error as the score, with a warning and the reason in the spec; training's work is never lost to it.
     Returns the spec and the threshold."""
     from sibeatgan.files import write_json
-    from sibeatgan.metrics import choose_threshold, combine, ranked_metrics, score, score_and_gap, standardizer
+    from sibeatgan.card import ThresholdPolicy, card_of
+    from sibeatgan.metrics import combine, ranked_metrics, score, score_and_gap, standardizer
     from sibeatgan.modelio import load_generator, save_generator
 
     path = Path(generator)
@@ -121,13 +116,11 @@ def choose_score(config: StudentConfig, generator: Path, teacher_g: torch.nn.Mod
     spec["kind"] = chosen.split("@")[0]
     if "discrepancy_stats" in spec:  # the weight of a combination (evaluation may ask for it even when not chosen)
         spec["weight"] = float(chosen.split("@")[1]) if spec["kind"] == "combined" else config.score_weight
-    rule, far = meta.get("threshold_rule", "far"), meta.get("threshold_far") or 0.01
-    threshold = None
-    if finite[chosen] and (rule != "f1" or not normal.all()):
-        threshold = float(choose_threshold(candidates[chosen], labels, rule, far))
+    policy = card_of(meta).threshold_policy or ThresholdPolicy.for_selection(config.selection)
+    threshold = policy.choose(candidates[chosen], labels) if finite[chosen] else None
     meta.update(score=spec, threshold=threshold, config={**(meta.get("config") or {}), "score": config.score, "score_weight": config.score_weight})
     save_generator(path, gen, teacher=teacher, **meta)
-    write_json(path.parent / "score.json", {**spec, "threshold": threshold, "threshold_rule": rule})
+    write_json(path.parent / "score.json", {**spec, "threshold": threshold, "threshold_rule": policy.rule})
     auc = (spec.get("validation_auc") or {}).get(chosen)
     log.info("%s: score %s (%s)%s, threshold %s", path, chosen, spec["chosen_by"], f", validation AUC {auc:.4f}" if auc is not None else "",
              f"{threshold:.4g}" if threshold is not None else "none")
@@ -152,6 +145,7 @@ def _with_scores(config: StudentConfig, results: list[dict[str, Any]], teacher_g
 
 def _settings(config: StudentConfig, resume: bool, progress: bool, member_configs: list[dict[str, Any]] | None = None, teacher: str = ""):
     from sibeatgan.config import to_dict
+    from sibeatgan.card import ThresholdPolicy
     from sibeatgan.files import sha256_file
     from sibeatgan.train.loop import FitSettings
 
@@ -159,12 +153,13 @@ def _settings(config: StudentConfig, resume: bool, progress: bool, member_config
     identity = {"teacher": teacher, "teacher_sha256": sha256_file(teacher) if teacher else None}
     return FitSettings(epochs=config.epochs, selection=config.selection, eval_batch_size=config.eval_batch_size, kind="student",
                        config={**to_dict(config), **identity}, resumable_changes=RESUMABLE_CHANGES, resume=resume,
-                       progress=progress, threshold_rule="f1" if config.selection == "paper" else "far", member_configs=member_configs)
+                       progress=progress, threshold_rule=ThresholdPolicy.for_selection(config.selection).rule,
+                       member_configs=member_configs)
 
 
 def _common(config: StudentConfig) -> dict[str, Any]:
     return dict(ngf=config.ngf, ndf=config.ndf, kd=config.kd_target, kd_direction=config.kd_direction, betas=(config.beta1, config.beta2),
-                batch_size=config.batch_size)
+                batch_size=config.batch_size, augment_config=config.augment)
 
 
 def run_train_student(config: StudentConfig, dataset: Path, teacher: Path, out: Path, resume: bool = True, progress: bool = False,
@@ -190,7 +185,6 @@ def train_student_group(configs: list[StudentConfig], dataset: Path, teacher: Pa
     the loop's validation criterion, and the best config is trained again by train-student)."""
     from sibeatgan.config import replace, to_dict
     from sibeatgan.errors import ConfigError
-    from sibeatgan.search import member_results
     from sibeatgan.train.loop import fit
     from sibeatgan.train.student import BatchedStudentTrainer
 
@@ -205,48 +199,8 @@ def train_student_group(configs: list[StudentConfig], dataset: Path, teacher: Pa
     trainer = BatchedStudentTrainer(teacher_g, rt, len(configs), **per, **_common(base))
     member_configs = [{name: per[name][k] for name in MEMBER_FIELDS} for k in range(len(configs))]
     settings = _settings(replace(base, **{n: per[n][0] for n in MEMBER_FIELDS}), resume, progress, member_configs, tpath)
-    results = member_results(fit(trainer, data, Path(out), settings, callbacks, runtime=rt.describe()))
+    fitted = fit(trainer, data, Path(out), settings, callbacks, runtime=rt.describe())
+    results = fitted["members"] if "members" in fitted else [fitted]
     if scores:
         _with_scores(base, results, teacher_g, data, rt, Path(out))
     return results
-
-
-class StudentGroup:
-    """The search's `train_group`: picklable, so spawned worker processes can take it."""
-
-    def __init__(self, dataset: Path, teacher: Path, split: Path | None = None):
-        self.dataset, self.teacher, self.split = Path(dataset), Path(teacher), split
-
-    def __call__(self, configs: list[StudentConfig], out: Path, callbacks: list[Any]) -> list[dict[str, Any]]:
-        # a group's folder belongs to its trials: never resumed (a retried trial is a new trial, trained afresh)
-        return train_student_group(configs, self.dataset, self.teacher, out, callbacks, self.split, resume=False, scores=False)
-
-
-def run_tune(tune: TuneConfig, student: StudentConfig, dataset: Path, teacher: Path, out: Path, split: Path | None = None,
-             tracking: Any = None) -> dict[str, Any]:
-    """`sibeatgan tune`: the study over lambda, T, tau (and alpha, beta, lr, init), `tune.workers` processes on one storage.
-
-    With a TrackingConfig, the study is one MLflow run and each trial a nested child run (params, per-epoch values,
-    state: complete, pruned or failed), logged from the workers themselves."""
-    from sibeatgan.search import open_study, run_workers
-
-    out = Path(out)
-    _prepare(student, Path(dataset), Path(teacher), split)  # refuse a wrong teacher or split before any worker starts
-    callbacks = None
-    if tracking is not None:
-        from sibeatgan.config import to_dict
-        from sibeatgan.tracking import TrialRuns, flatten, study_run, tracking_uri
-
-        study = open_study(tune, student.selection, out)
-        uri = tracking_uri(tracking, out.parent)
-        parent = study.user_attrs.get("mlflow_run_id")
-        if parent is None:
-            parent = study_run(uri, out / "tracking" / "study", tune.study_name, {**flatten(to_dict(tune), "tune."), **flatten(to_dict(student), "student.")},
-                               experiment=tracking.experiment, tags={"teacher": str(teacher)})
-            if parent is not None:
-                study.set_user_attr("mlflow_run_id", parent)
-        if parent is None:
-            log.warning("MLflow at %s did not answer: the study's trials are not logged (the search goes on)", uri)
-        else:
-            callbacks = TrialRuns(uri, out / "tracking", parent, tracking.experiment)
-    return run_workers(tune, student, out, StudentGroup(dataset, teacher, split), callbacks)

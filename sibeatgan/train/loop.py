@@ -1,10 +1,12 @@
 """One training loop for every GAN trainer: epochs, device data, selection, checkpoint and resume, progress, callbacks.
 
-A trainer (the teacher, the student, K batched members) says what is trained: its modules, its named
-loss terms, its optimizers and its step. `fit` says how training runs, the same for all of them:
+A trainer (the teacher, the student, K batched members) is a `StepTrainer`: it says what is trained (its
+modules, its named loss terms, its optimizers) and defines one step, not a loop. `fit` says how training
+runs, the same for all of them:
 
-- the training beats go to the device once (`trainer.set_train_data`); each epoch is
-  `trainer.train_epoch(on_step)`, which reads the device once, at its end;
+- the training beats go to the device once (`trainer.set_train_data`); each epoch is `run_epoch`, the one
+  epoch loop: a fresh order of the beats, then per batch the trainer's `step`, run eagerly or warmed up,
+  captured once as a CUDA graph and replayed, and one read of the device at the end (the summed losses);
 - after each epoch the validation beats (on the device since the start) are scored by every member,
   and each member keeps its best epoch by the selection criterion: `clean` (label-free: mean
   reconstruction error of normal validation beats, lower is better) or `paper` (validation AUC);
@@ -34,6 +36,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from sibeatgan.card import ThresholdPolicy
+from sibeatgan.device import Runtime
 from sibeatgan.errors import CheckpointError, ConfigError
 from sibeatgan.files import write_json
 from sibeatgan.modelio import save_generator
@@ -42,10 +46,153 @@ from sibeatgan.train.checkpoint import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 CRITERIA = {"clean": ("val_normal_mse", False), "paper": ("val_auc", True)}  # name, higher is better
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN autotuning, Adam state)
+
+
+class CudaGraphs:
+    """Capture-and-replay of one step callable with torch.cuda.CUDAGraph."""
+
+    def __init__(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+
+    def warmup(self, fn: Callable[[], None]) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+
+    def capture(self, fn: Callable[[], None]) -> None:
+        """Record fn's kernels; like any capture, this runs none of them."""
+        with torch.cuda.graph(self.graph):
+            fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class GeneratorCudaGraphs(CudaGraphs):
+    """CudaGraphs that also registers the step's own torch.Generators, so each replay draws fresh augmentations."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        super().__init__()
+        self.generators = generators
+
+    def capture(self, fn: Callable[[], None]) -> None:
+        register = getattr(self.graph, "register_generator_state", None)
+        if register is None:
+            raise RuntimeError("this torch cannot capture steps that draw from their own torch.Generator")
+        for gen in self.generators:
+            register(gen)
+        super().capture(fn)
+
+
+class StepTrainer:
+    """The base of every trainer: it holds the training beats, the batch indices and the summed losses on the device,
+    and the step's CUDA graph state; a subclass defines `step` (one update on train_x[idx]) and `train_mode`, and
+    may change `epoch_order` (K members: K permutations) and `epoch_losses` (the one device read of an epoch).
+    `train_epoch` is `run_epoch`, the one epoch loop."""
+
+    members = 1
+    batched = False  # True: a leading member axis on idx, sums and the epoch order, even for one member
+    loss_names: tuple[str, ...] = ()
+
+    def __init__(self, runtime: Runtime, batch_size: int, graphs: Any = None) -> None:
+        self.rt = runtime
+        self.batch_size = int(batch_size)
+        shape = (self.members, self.batch_size) if self.batched else (self.batch_size,)
+        self.idx = torch.zeros(shape, dtype=torch.long, device=runtime.device)
+        self.sums = torch.zeros(shape[:-1] + (len(self.loss_names),), dtype=torch.float32, device=runtime.device)
+        self.train_x: torch.Tensor | None = None
+        self.graphs = graphs
+        self._warm = 0
+        self._captured = False
+
+    def set_train_data(self, beats: torch.Tensor) -> None:
+        """Hold the training beats (n, nc, length) on the device for the rest of the run."""
+        if beats.shape[0] < self.batch_size:
+            raise ValueError(f"the training set has {beats.shape[0]} beats, fewer than one batch of {self.batch_size}")
+        if not self._captured:
+            self.train_x = beats.to(self.rt.device, torch.float32).contiguous()
+        elif beats.shape == self.train_x.shape:
+            self.train_x.copy_(beats)  # the captured graph reads this very tensor
+        else:
+            raise RuntimeError(f"training data of shape {tuple(beats.shape)} after capture with {tuple(self.train_x.shape)}")
+
+    def train_mode(self) -> None:
+        """Set the modules' modes at the start of an epoch (trained ones train(), a frozen teacher eval())."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """One update on the batch train_x[idx], adding its losses to `sums`; the same callable runs eagerly and captured."""
+        raise NotImplementedError
+
+    def epoch_order(self, n: int) -> torch.Tensor:
+        """This epoch's order of the n training beats, on the device: (n,), or (members, n) for one order per member."""
+        return torch.randperm(n, generator=self.perm_gen, device=self.rt.device)
+
+    def epoch_losses(self, steps: int) -> dict[str, Any]:
+        """The epoch's mean losses from `sums`: the epoch's one read of the device."""
+        return {name: value / steps for name, value in zip(self.loss_names, self.sums.tolist())}
+
+    def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """One epoch (`run_epoch`)."""
+        return run_epoch(self, on_step)
+
+    def _refuse_after_capture(self) -> None:
+        if self._captured:
+            raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
+
+
+def run_step(trainer: StepTrainer) -> None:
+    """The trainer's step: eagerly, or WARMUP_STEPS warm-up steps, then captured once as a CUDA graph and replayed."""
+    if trainer.graphs is None:
+        trainer.step()
+    elif trainer._captured:
+        trainer.graphs.replay()
+    elif trainer._warm < WARMUP_STEPS:
+        trainer.graphs.warmup(trainer.step)
+        trainer._warm += 1
+    else:
+        try:
+            trainer.graphs.capture(trainer.step)
+        except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
+            log.warning("CUDA graph capture failed (%s: %s); continuing with eager steps", type(err).__name__, err)
+            trainer.graphs = None
+            trainer.step()
+            return
+        trainer._captured = True
+        trainer.graphs.replay()
+
+
+def run_epoch(trainer: StepTrainer, on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """One pass over a fresh order of the training beats (the last partial batch dropped); reads the device once, at the end.
+
+    `on_step(i, steps)` after each step is for progress display: a Python call, it never waits on the device.
+    Returns the mean losses (K values each for K members), steps, beats (all members together), train_seconds, beats_per_s."""
+    if trainer.train_x is None:
+        raise RuntimeError("set_train_data first")
+    n, b = trainer.train_x.shape[0], trainer.batch_size
+    steps = n // b
+    trainer.train_mode()
+    trainer.sums.zero_()
+    start = time.perf_counter()
+    order = trainer.epoch_order(n)
+    for i in range(steps):
+        trainer.idx.copy_(order[..., i * b : (i + 1) * b])
+        run_step(trainer)
+        if on_step is not None:
+            on_step(i + 1, steps)
+    out = trainer.epoch_losses(steps)
+    seconds = time.perf_counter() - start
+    beats = steps * b * trainer.members
+    out.update(steps=steps, beats=beats, train_seconds=seconds, beats_per_s=beats / seconds)
+    return out
 
 
 class Trainer(Protocol):
-    """What `fit` needs of a trainer; `members` models are trained at once (1 for a single model)."""
+    """What `fit` needs of a trainer; `members` models are trained at once (1 for a single model). A StepTrainer is one
+    (its `train_epoch` is `run_epoch`); so is SequentialMembers, which runs `run_epoch` for each of its trainers."""
 
     members: int
     loss_names: tuple[str, ...]
@@ -118,12 +265,6 @@ class Callback:
 
     def on_fit_end(self, result: dict[str, Any]) -> None:
         pass
-
-
-def _threshold(scores: np.ndarray, labels: np.ndarray, rule: str, far: float) -> float:
-    from sibeatgan.metrics import choose_threshold
-
-    return float(choose_threshold(scores, labels, rule=rule, far=far))
 
 
 def _member_dir(out: Path, members: int, k: int) -> Path:
@@ -201,6 +342,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
     histories: list[list[dict[str, Any]]] = [[] for _ in range(K)]
     best: list[float | None] = [None] * K
     best_epoch, thresholds = [0] * K, [None] * K
+    policy = ThresholdPolicy(rule=settings.threshold_rule, far=settings.threshold_far if settings.threshold_rule == "far" else None)
     control, first = Control(K), 1
     if settings.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
@@ -261,8 +403,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                     improved = best[k] is None or (value > best[k] if higher else value < best[k])
                 if improved:
                     best[k], best_epoch[k] = value, epoch
-                    thresholds[k] = _threshold(scores[k], val_labels, settings.threshold_rule, settings.threshold_far) \
-                        if settings.threshold_rule != "f1" or not val_normal.all() else None
+                    thresholds[k] = policy.choose(scores[k], val_labels)
                     member_dir = _member_dir(out, K, k)
                     member_dir.mkdir(parents=True, exist_ok=True)
                     save_generator(member_dir / "generator.pt", trainer.generator(k), kind=settings.kind, selection=settings.selection,
@@ -270,7 +411,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                                    member_config=(settings.member_configs or [None] * K)[k], dataset_hash=data.dataset_hash,
                                    split_hash=data.split_hash, protocol=data.protocol, fold=data.fold,
                                    threshold=thresholds[k], threshold_rule=settings.threshold_rule,
-                                   threshold_far=settings.threshold_far if settings.threshold_rule == "far" else None)
+                                   threshold_far=policy.far)
                 row["improved"] = improved
                 row["epoch_seconds"] = time.perf_counter() - started
                 histories[k].append(row)

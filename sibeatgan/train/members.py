@@ -32,6 +32,7 @@ class SequentialMembers:
             t.set_train_data(beats)
 
     def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Each active member's epoch (its own `run_epoch`), one after another; lists of K values."""
         rows = [t.train_epoch(on_step) if a else None for t, a in zip(self.trainers, self.active)]
         keys = next(r for r in rows if r is not None).keys()
         out: dict[str, Any] = {k: [r[k] if r is not None else None for r in rows] for k in keys}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,8 @@ from sibeatgan.losses import DiscriminatorLoss, StudentLoss, StudentLossOutput
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.student import ProjectionHead, adjust_bn_momentum, batch_stats_only, encoder_stages, freeze
 from sibeatgan.train.checkpoint import cpu_state
-from sibeatgan.train.teacher import CudaGraphs, TeacherTrainer
+from sibeatgan.train.loop import CudaGraphs, GeneratorCudaGraphs, StepTrainer
+from sibeatgan.train.teacher import restore_adam
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +34,19 @@ LOSS_NAMES = ("loss_d", "loss", "loss_g", "loss_rec", "loss_fm", "loss_kd", "los
 INITS = ("teacher", "scratch")
 
 
-class GeneratorCudaGraphs(CudaGraphs):
-    """CudaGraphs that also registers the step's own torch.Generators, so each replay draws fresh augmentations."""
+class DistillTrainer(StepTrainer):
+    """What the single and the batched student share: their loss terms, and a frozen teacher kept in eval mode."""
 
-    def __init__(self, generators: list[torch.Generator]) -> None:
-        super().__init__()
-        self.generators = generators
+    loss_names = LOSS_NAMES
 
-    def capture(self, fn: Callable[[], None]) -> None:
-        register = getattr(self.graph, "register_generator_state", None)
-        if register is None:
-            raise RuntimeError("this torch cannot capture steps that draw from their own torch.Generator")
-        for gen in self.generators:
-            register(gen)
-        super().capture(fn)
+    def train_mode(self) -> None:
+        for m in (self.G, self.D, self.head):
+            m.train()
+        self.teacher.eval()
 
 
-class StudentTrainer:
-    """Student G (+ its own D and projection head) distilled from a frozen teacher G; `train_epoch` runs one epoch."""
-
-    members = 1
+class StudentTrainer(DistillTrainer):
+    """Student G (+ its own D and projection head) distilled from a frozen teacher G; `fit` runs the epochs."""
 
     def __init__(
         self,
@@ -81,7 +74,7 @@ class StudentTrainer:
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, not {init!r}")
-        self.rt = runtime
+        super().__init__(runtime, batch_size)
         dev = runtime.device
         nc, length, nz = teacher.nc, teacher.length, teacher.nz
         ngf = teacher.ngf if ngf is None else int(ngf)
@@ -97,7 +90,7 @@ class StudentTrainer:
         adjust_bn_momentum(self.G)
         self.D = Discriminator(nc, length, ndf).to(dev).train()
         self.head = ProjectionHead(nz, proj_hidden, proj_out).to(dev).train()
-        self.init, self.batch_size, self.kd = init, int(batch_size), kd
+        self.init, self.kd = init, kd
         self.augment_config = augment_config or AugmentConfig()
         self.d_loss = DiscriminatorLoss()
         self.loss = StudentLoss(lambda_fm, alpha, beta, T, tau, kd=kd, direction=kd_direction).to(dev)
@@ -116,15 +109,6 @@ class StudentTrainer:
         self.g_params = list(self.G.parameters()) + list(self.head.parameters())
         self.opt_g = torch.optim.Adam(self.g_params, **opt)
         self.opt_d = torch.optim.Adam(self.D.parameters(), **opt)
-        self.idx = torch.zeros(self.batch_size, dtype=torch.long, device=dev)
-        self.sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float32, device=dev)
-        self.train_x: torch.Tensor | None = None
-        self._warm = 0
-        self._captured = False
-
-    @property
-    def loss_names(self) -> tuple[str, ...]:
-        return LOSS_NAMES
 
     def generator(self, k: int = 0) -> Generator:
         """The student generator (what the loop saves as the selected model)."""
@@ -141,11 +125,6 @@ class StudentTrainer:
                     else:
                         group["lr"] = float(lr)
         self.loss.set(**values)
-
-    # the teacher's: the training beats held on the device; the step run eagerly or warmed up, captured, replayed
-    set_train_data = TeacherTrainer.set_train_data
-    _run_step = TeacherTrainer._run_step
-    _load_optimizers = TeacherTrainer._load_optimizers
 
     def views(self, x: torch.Tensor) -> torch.Tensor:
         """Two augmented views of each beat, stacked: (2b, nc, length)."""
@@ -194,31 +173,6 @@ class StudentTrainer:
         with torch.no_grad():
             self.sums.add_(torch.stack([err_d.detach(), *(t.detach() for t in terms)]))
 
-    def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
-        """One pass over a fresh permutation (last partial batch dropped); the device is read once, at the end.
-
-        on_step(i, steps) is called after step i of steps (for progress bars; reading device values there would stall the step)."""
-        if self.train_x is None:
-            raise RuntimeError("set_train_data first")
-        n = self.train_x.shape[0]
-        steps = n // self.batch_size
-        for m in (self.G, self.D, self.head):
-            m.train()
-        self.teacher.eval()
-        self.sums.zero_()
-        start = time.perf_counter()
-        perm = torch.randperm(n, generator=self.perm_gen, device=self.rt.device)
-        for i in range(steps):
-            self.idx.copy_(perm[i * self.batch_size : (i + 1) * self.batch_size])
-            self._run_step()
-            if on_step is not None:
-                on_step(i + 1, steps)
-        sums = self.sums.tolist()
-        seconds = time.perf_counter() - start
-        out: dict[str, float] = {name: value / steps for name, value in zip(LOSS_NAMES, sums)}
-        out.update(steps=steps, beats=steps * self.batch_size, train_seconds=seconds, beats_per_s=steps * self.batch_size / seconds)
-        return out
-
     def score(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Reconstruction error of each beat, (1, n): the anomaly score, as for the teacher."""
         return reconstruction_score(self.G, x, batch_size, self.rt.device, self.rt.amp)[None, :]
@@ -240,13 +194,12 @@ class StudentTrainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self._captured:
-            raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
+        self._refuse_after_capture()
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.head.load_state_dict(state["head"])
         self.loss.load_state_dict(state["loss"])
-        self._load_optimizers(state)
+        restore_adam(self, state)
         self.perm_gen.set_state(state["perm_rng"])
         self.aug_gen.set_state(state["aug_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -264,11 +217,13 @@ def _per_member(values: Any, k: int, name: str) -> list[Any]:
     return values
 
 
-class BatchedStudentTrainer:
+class BatchedStudentTrainer(DistillTrainer):
     """K students trained at once as grouped convolutions, each with its own lambda, alpha, beta, T, tau, lr,
     init, seed (weights, data order, augmentations); member k follows the same path as a StudentTrainer with
     member k's config, up to float rounding. `active` (K,) bool on the device: pruned members are frozen by
     `stop(k)`; a member whose loss goes non-finite freezes itself (`alive`) and never disturbs the others."""
+
+    batched = True
 
     def __init__(self, teacher: Generator, runtime: Runtime, members: int, *, ngf: int | None = None, ndf: int = 32,
                  init: Any = "teacher", lambda_fm: Any = 1.0, alpha: Any = 1.0, beta: Any = 0.1, T: Any = 4.0, tau: Any = 0.2,
@@ -278,8 +233,9 @@ class BatchedStudentTrainer:
         from sibeatgan.models.batched import MultiAdam, grouped, stack_states
 
         k = self.members = int(members)
-        self.rt, dev = runtime, runtime.device
-        self.kd, self.batch_size = kd, int(batch_size)
+        super().__init__(runtime, batch_size)
+        dev = runtime.device
+        self.kd = kd
         self.augment_config = augment_config or AugmentConfig()
         # a single seed s gives members s, s+1, ...: identical members would waste the batch
         seeds = [int(seed) + i for i in range(k)] if isinstance(seed, int) else _per_member(seed, k, "seed")
@@ -317,13 +273,6 @@ class BatchedStudentTrainer:
         self.graphs = graphs
         self.active = torch.ones(k, dtype=torch.bool, device=dev)  # not pruned (set by stop / set_active)
         self.alive = torch.ones(k, dtype=torch.bool, device=dev)  # every loss finite so far
-        self.idx = torch.zeros(k, self.batch_size, dtype=torch.long, device=dev)
-        self.sums = torch.zeros(k, len(LOSS_NAMES), dtype=torch.float32, device=dev)
-        self.train_x: torch.Tensor | None = None
-        self._warm = 0
-        self._captured = False
-
-    loss_names = property(lambda self: LOSS_NAMES)
 
     def set_hparams(self, **values: Any) -> None:
         """Per-member lambda_fm, alpha, beta, T, tau, lr (a scalar or K values), copied in place."""
@@ -345,8 +294,6 @@ class BatchedStudentTrainer:
     def generator(self, k: int) -> Generator:
         """Member k's student generator as a plain Generator (what the loop saves for that member)."""
         return self.member_generator(k)
-
-    set_train_data = TeacherTrainer.set_train_data
 
     def member_states(self, k: int) -> dict[str, dict[str, torch.Tensor]]:
         """Member k's G, D and head as state dicts of the single modules (Generator, Discriminator, ProjectionHead)."""
@@ -424,32 +371,14 @@ class BatchedStudentTrainer:
             values = torch.stack([err_d.detach(), *(t.detach() for t in terms)], 1)
             self.sums.add_(torch.where(self.active.unsqueeze(1), values, torch.zeros_like(values)))
 
-    _run_step = TeacherTrainer._run_step
+    def epoch_order(self, n: int) -> torch.Tensor:
+        """One permutation per member, each from its own generator: (K, n)."""
+        return torch.stack([torch.randperm(n, generator=g, device=self.rt.device) for g in self.perm_gens])
 
-    def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """One epoch for every member, each over its own permutation; losses are lists of K per-member means,
-        beats and beats_per_s count all members together."""
-        if self.train_x is None:
-            raise RuntimeError("set_train_data first")
-        n = self.train_x.shape[0]
-        steps = n // self.batch_size
-        for m in (self.G, self.D, self.head):
-            m.train()
-        self.teacher.eval()
-        self.sums.zero_()
-        start = time.perf_counter()
-        perms = torch.stack([torch.randperm(n, generator=g, device=self.rt.device) for g in self.perm_gens])
-        for i in range(steps):
-            self.idx.copy_(perms[:, i * self.batch_size : (i + 1) * self.batch_size])
-            self._run_step()
-            if on_step is not None:
-                on_step(i + 1, steps)
-        sums = (self.sums / steps).T.tolist()
-        seconds = time.perf_counter() - start
-        out: dict[str, Any] = dict(zip(LOSS_NAMES, sums))
-        beats = steps * self.batch_size * self.members
-        out.update(alive=self.alive.tolist(), active=self.active.tolist(), steps=steps, beats=beats, train_seconds=seconds,
-                   beats_per_s=beats / seconds)
+    def epoch_losses(self, steps: int) -> dict[str, Any]:
+        """Lists of K per-member mean losses, and which members are alive (finite losses) and active (not stopped)."""
+        out: dict[str, Any] = dict(zip(LOSS_NAMES, (self.sums / steps).T.tolist()))
+        out.update(alive=self.alive.tolist(), active=self.active.tolist())
         return out
 
     @torch.no_grad()
@@ -498,8 +427,7 @@ class BatchedStudentTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self._captured:
-            raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
+        self._refuse_after_capture()
         for name in ("G", "D", "head", "loss"):
             getattr(self, name).load_state_dict(state[name])
         self.opt_g.load_state_dict(state["opt_g"])

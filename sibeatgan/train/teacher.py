@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from sibeatgan.card import ThresholdPolicy
 from sibeatgan.device import Runtime
 from sibeatgan.losses import DiscriminatorLoss, GeneratorLoss
 from sibeatgan.metrics import score
 from sibeatgan.modelio import cpu_state
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.beatgan import init_spec
+from sibeatgan.train.loop import CudaGraphs, FitData, FitSettings, StepTrainer, fit
 
 if TYPE_CHECKING:
     from sibeatgan.config import TeacherConfig
@@ -36,37 +37,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("loss_d", "loss_g", "loss_rec", "loss_fm", "d_reinits")
-WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN autotuning, Adam state)
 # Config fields that may change between a run and its resumption: they do not change what is learnt.
 RESUMABLE_CHANGES = ("epochs", "device", "amp", "cuda_graph", "eval_batch_size")
 
 
-class CudaGraphs:
-    """Capture-and-replay of one step callable with torch.cuda.CUDAGraph."""
-
-    def __init__(self) -> None:
-        self.graph = torch.cuda.CUDAGraph()
-
-    def warmup(self, fn: Callable[[], None]) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()
-        torch.cuda.current_stream().wait_stream(stream)
-
-    def capture(self, fn: Callable[[], None]) -> None:
-        """Record fn's kernels; like any capture, this runs none of them."""
-        with torch.cuda.graph(self.graph):
-            fn()
-
-    def replay(self) -> None:
-        self.graph.replay()
+def restore_adam(trainer: Any, state: dict[str, Any]) -> None:
+    """A trainer's opt_g and opt_d from `state`, set for its runtime: a checkpoint from a graphed GPU run may land on
+    the CPU, and back (capturable/fused flags and where Adam's step counters live). The teacher's and the student's."""
+    for opt, key in ((trainer.opt_g, "opt_g"), (trainer.opt_d, "opt_d")):
+        opt.load_state_dict(state[key])
+        for group in opt.param_groups:
+            group["capturable"], group["fused"] = trainer._capturable, trainer._fused or None
+        for p, s in opt.state.items():
+            if "step" in s:
+                s["step"] = s["step"].to(p.device if trainer._capturable or trainer._fused else "cpu", torch.float32)
 
 
-class TeacherTrainer:
-    """Generator, discriminator, their Adam optimizers and the step; `train_epoch` runs one epoch on device data."""
+class TeacherTrainer(StepTrainer):
+    """Generator, discriminator, their Adam optimizers and the step; `fit` (sibeatgan.train.loop) runs the epochs."""
 
-    members = 1
     loss_names = LOSS_NAMES
 
     def __init__(
@@ -86,7 +75,7 @@ class TeacherTrainer:
         seed: int = 0,
         graphs: Any = None,
     ):
-        self.rt = runtime
+        super().__init__(runtime, batch_size)
         dev = runtime.device
         torch.manual_seed(seed)
         if runtime.is_cuda:
@@ -98,7 +87,6 @@ class TeacherTrainer:
                 # running statistics move twice; the step here runs G once, with the equivalent momentum.
                 m.momentum = 1.0 - (1.0 - m.momentum) ** 2
         self.D = Discriminator(nc, length, ndf).to(dev).train()
-        self.batch_size = int(batch_size)
         self.d_reinit_threshold = float(d_reinit_threshold)
         self.d_loss = DiscriminatorLoss()
         self.g_loss = GeneratorLoss(lambda_fm)
@@ -111,11 +99,6 @@ class TeacherTrainer:
         self.g_params = list(self.G.parameters())
         self.perm_gen = torch.Generator(device=dev)
         self.perm_gen.manual_seed(seed)
-        self.idx = torch.zeros(self.batch_size, dtype=torch.long, device=dev)
-        self.sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float32, device=dev)
-        self.train_x: torch.Tensor | None = None
-        self._warm = 0
-        self._captured = False
         # D's parameters with the (mean, std) of their initial draw, from the one spec init_weights also draws from
         spec = [entry for m in self.D.modules() for entry in init_spec(m)]
         if {id(p) for p, _, _ in spec} != {id(p) for p in self.D.parameters()} or len(spec) != len(list(self.D.parameters())):
@@ -124,17 +107,6 @@ class TeacherTrainer:
         self._d_mean: list[float] = [mean for _, mean, _ in spec]
         self._d_std: list[float] = [std for _, _, std in spec]
         self._d_sizes = [p.numel() for p in self._d_params]
-
-    def set_train_data(self, beats: torch.Tensor) -> None:
-        """Hold the training beats (n, nc, length) on the device for the rest of the run."""
-        if beats.shape[0] < self.batch_size:
-            raise ValueError(f"the training set has {beats.shape[0]} beats, fewer than one batch of {self.batch_size}")
-        if not self._captured:
-            self.train_x = beats.to(self.rt.device, torch.float32).contiguous()
-        elif beats.shape == self.train_x.shape:
-            self.train_x.copy_(beats)  # the captured graph reads this very tensor
-        else:
-            raise RuntimeError(f"training data of shape {tuple(beats.shape)} after capture with {tuple(self.train_x.shape)}")
 
     @torch.no_grad()
     def _reinit_d(self, flag: torch.Tensor) -> None:
@@ -172,25 +144,6 @@ class TeacherTrainer:
             self._reinit_d(flag)
             self.sums.add_(torch.stack([err_d.detach(), g.total.detach(), g.reconstruction.detach(), g.feature_matching.detach(), flag.float()]))
 
-    def _run_step(self) -> None:
-        if self.graphs is None:
-            self.step()
-        elif self._captured:
-            self.graphs.replay()
-        elif self._warm < WARMUP_STEPS:
-            self.graphs.warmup(self.step)
-            self._warm += 1
-        else:
-            try:
-                self.graphs.capture(self.step)
-            except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager steps
-                log.warning("CUDA graph capture failed (%s: %s); continuing with eager steps", type(err).__name__, err)
-                self.graphs = None
-                self.step()
-                return
-            self._captured = True
-            self.graphs.replay()
-
     def generator(self, k: int = 0) -> torch.nn.Module:
         return self.G
 
@@ -198,30 +151,15 @@ class TeacherTrainer:
         """(1, n) anomaly scores (reconstruction error) of the current generator."""
         return score(self.G, x, batch_size, self.rt.device)[None]
 
-    def train_epoch(self, on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
-        """One pass over a fresh permutation (the last partial batch dropped); reads the device once at the end.
-
-        `on_step(i, steps)` after each step is for progress display: a Python call, it never waits on the device."""
-        if self.train_x is None:
-            raise RuntimeError("set_train_data first")
-        dev = self.rt.device
-        n = self.train_x.shape[0]
-        steps = n // self.batch_size
+    def train_mode(self) -> None:
         self.G.train()
         self.D.train()
-        self.sums.zero_()
-        start = time.perf_counter()
-        perm = torch.randperm(n, generator=self.perm_gen, device=dev)
-        for i in range(steps):
-            self.idx.copy_(perm[i * self.batch_size : (i + 1) * self.batch_size])
-            self._run_step()
-            if on_step is not None:
-                on_step(i + 1, steps)
+
+    def epoch_losses(self, steps: int) -> dict[str, Any]:
+        """Mean losses, and how many times D was re-initialised."""
         sums = self.sums.tolist()
-        seconds = time.perf_counter() - start
-        out = {name: value / steps for name, value in zip(LOSS_NAMES, sums)}
+        out: dict[str, Any] = {name: value / steps for name, value in zip(LOSS_NAMES, sums)}
         out["d_reinits"] = int(round(sums[-1]))
-        out.update(steps=steps, beats=steps * self.batch_size, train_seconds=seconds, beats_per_s=steps * self.batch_size / seconds)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -238,23 +176,11 @@ class TeacherTrainer:
             state["cuda_rng"] = torch.cuda.get_rng_state(self.rt.device)
         return state
 
-    def _load_optimizers(self, state: dict[str, Any]) -> None:
-        """opt_g and opt_d from `state`, set for this runtime: a checkpoint from a graphed GPU run may land on the CPU,
-        and back (capturable/fused flags and where Adam's step counters live)."""
-        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
-            opt.load_state_dict(state[key])
-            for group in opt.param_groups:
-                group["capturable"], group["fused"] = self._capturable, self._fused or None
-            for p, s in opt.state.items():
-                if "step" in s:
-                    s["step"] = s["step"].to(p.device if self._capturable or self._fused else "cpu", torch.float32)
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self._captured:
-            raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
+        self._refuse_after_capture()
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
-        self._load_optimizers(state)
+        restore_adam(self, state)
         try:
             self.perm_gen.set_state(state["perm_rng"])
         except RuntimeError:  # saved by a generator of the other device type: continue with a seed derived from it
@@ -282,7 +208,6 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
     from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import select
     from sibeatgan.errors import DatasetError
-    from sibeatgan.train.loop import FitData, FitSettings, fit
 
     ds = load(dataset)
     content_hash = ds.content_hash()
@@ -306,7 +231,7 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
     settings = FitSettings(
         epochs=config.epochs, selection=config.selection, eval_batch_size=config.eval_batch_size, kind="teacher",
         config=to_dict(config), resumable_changes=RESUMABLE_CHANGES, resume=resume, progress=progress,
-        threshold_rule="f1" if config.selection == "paper" else "far",
+        threshold_rule=ThresholdPolicy.for_selection(config.selection).rule,
     )
     log.info(
         "teacher: %d training beats (%d leads x %d), %d validation, %s split fold %d (split %s), selection %s, %s",

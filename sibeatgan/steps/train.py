@@ -1,0 +1,113 @@
+"""Training steps: the teacher, one student, and the protocol's candidates (the best student and its no-KD control,
+trained together as one batched group), each tracked as its own MLflow run with per-epoch curves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from sibeatgan.config import StudentConfig, TeacherConfig, TrackingConfig, replace
+from sibeatgan.files import write_json
+from sibeatgan.steps.tracked import StepRun, step_runs, tracked
+
+MODEL_FILES = ("metrics.json", "model_card.json", "score.json")
+
+
+def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, tracking: TrackingConfig | None = None, resume: bool = True,
+                      progress: bool = False, split: Path | None = None, run_name: str | None = None) -> dict[str, Any]:
+    """Train the BeatGAN teacher (sibeatgan.train.teacher); with `tracking`, one MLflow run with every epoch."""
+    from sibeatgan.train.teacher import run_train_teacher as train
+
+    runs = step_runs(tracking, "train-teacher", out, run_name or f"teacher-f{config.fold}-s{config.seed}", protocol=config.split,
+                     device=config.device, fold=config.fold, seed=config.seed, kind="teacher")
+    return tracked(runs, lambda cbs: train(config, dataset, out, resume=resume, progress=progress, split=split, callbacks=cbs), MODEL_FILES)
+
+
+def run_train_student(config: StudentConfig, dataset: Path, teacher: Path, out: Path, tracking: TrackingConfig | None = None,
+                      resume: bool = True, progress: bool = False, split: Path | None = None, run_name: str | None = None) -> dict[str, Any]:
+    """Distil one student from `teacher` (sibeatgan.train.distill); with `tracking`, one MLflow run with every epoch."""
+    from sibeatgan.train.distill import run_train_student as train
+
+    runs = step_runs(tracking, "train-student", out, run_name or f"student-f{config.fold}-s{config.seed}", protocol=config.split,
+                     device=config.device, fold=config.fold, seed=config.seed, kind="student")
+    return tracked(runs, lambda cbs: train(config, dataset, teacher, out, resume=resume, progress=progress, split=split, callbacks=cbs),
+                   MODEL_FILES)
+
+
+def control_of(student: StudentConfig) -> StudentConfig:
+    """The no-KD control of a student: the same init, epochs, beats, seed and everything else, without the
+    distillation and contrastive terms (alpha = beta = 0): the teacher simply trained on for as long."""
+    return replace(student, alpha=0.0, beta=0.0)
+
+
+class MemberRuns:
+    """Training-loop callback for a batched group whose members are separate models: member k's rows, selection and
+    end go to its own StepRun (not one run with m0./m1. prefixes)."""
+
+    def __init__(self, runs: list[StepRun], configs: list[dict[str, Any]]) -> None:
+        self.runs, self.configs = runs, configs
+
+    def on_fit_start(self, info: dict[str, Any]) -> None:
+        for run, conf in zip(self.runs, self.configs):
+            run.on_fit_start({**info, "config": conf, "members": None})
+
+    def on_epoch_end(self, epoch: int, rows: Any, control: Any) -> None:
+        for run, row in zip(self.runs, rows):
+            if row is not None:
+                run.tracker.on_epoch_end(epoch, row)
+
+    def on_fit_end(self, result: dict[str, Any]) -> None:
+        for run, member in zip(self.runs, result.get("members") or [result]):
+            run.on_fit_end(member)
+
+    def finish(self, files: Any = (), status: str = "FINISHED") -> None:
+        for run in self.runs:
+            run.finish(MODEL_FILES, status)
+
+
+def candidate_configs(best: StudentConfig, seeds: Sequence[int] | None = None) -> dict[str, StudentConfig]:
+    """The protocol's candidates: the student of `best` and its no-KD control, for `best`'s seed (named `student` and
+    `control`) or for each of `seeds` (`student-s<seed>`, ..., then `control-s<seed>`, ...)."""
+    if seeds is None:
+        return {"student": best, "control": control_of(best)}
+    students = {f"student-s{s}": replace(best, seed=int(s)) for s in seeds}
+    return students | {f"control-s{s}": control_of(replace(best, seed=int(s))) for s in seeds}
+
+
+def run_train_candidates(best: StudentConfig, dataset: Path, teacher: Path, out: Path, tracking: TrackingConfig | None = None,
+                         split: Path | None = None, resume: bool = True, seeds: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """The protocol's candidates from one teacher (`candidate_configs`): the student of `best` (the search's winner) and
+    its no-KD control, trained as one batched group (the same init, epochs, training beats, data order and seed), each
+    written as a model folder of its own, `out/<name>` (generator.pt, model_card.json, metrics.json, score.json), each
+    its own MLflow run with `tracking`. Returns {name: the member's training result, with `folder` and `generator`
+    (None for a member with no finite validation epoch)}."""
+    from sibeatgan.config import to_dict
+    from sibeatgan.train.distill import train_student_group
+
+    out = Path(out)
+    members = candidate_configs(best, seeds)
+    runs = [StepRun(tracking, "train-student", out / name, f"{name.split('-')[0]}-f{c.fold}-s{c.seed}", protocol=c.split,
+                    device=c.device, fold=c.fold, seed=c.seed, kind=name.split("-")[0]) for name, c in members.items()] if tracking else []
+    callbacks = [MemberRuns(runs, [to_dict(c) for c in members.values()])] if runs else []
+    for name in members:  # each member's run journal lives in its own model folder
+        (out / name).mkdir(parents=True, exist_ok=True)
+    group = out / "group"
+    results: list[dict[str, Any]] = []
+
+    def train_and_place(cbs: list[Any]) -> dict[str, Any]:
+        results.extend(train_student_group(list(members.values()), dataset, teacher, group, cbs, split, resume=resume))
+        rows = json.loads((group / "metrics.json").read_text())
+        rows = rows.get("members", [rows])
+        for k, name in enumerate(members):  # before the runs end, so each logs its own model folder's files
+            src, dst = group / f"member_{k}", out / name
+            for f in src.iterdir() if src.is_dir() else ():
+                shutil.copy2(f, dst / f.name)
+            write_json(dst / "metrics.json", rows[k])
+        return {}
+
+    tracked(callbacks, train_and_place, MODEL_FILES)
+    return {name: {**results[k], "folder": str(out / name),
+                   "generator": str(out / name / "generator.pt") if results[k].get("generator") else None}
+            for k, name in enumerate(members)}

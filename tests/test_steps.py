@@ -1,0 +1,139 @@
+"""The steps layer's own logic: the model card and its one compatibility check, the one threshold policy, the winner on
+validation, content-keyed checkpoints and their pruning, and the local run's quiet console."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sibeatgan.card import ModelCard, ThresholdPolicy, card_of, read_card
+from sibeatgan.errors import ConfigError, DatasetError
+
+
+def card(kind: str = "student", metric: float | None = 0.5, criterion: str = "val_auc", **extra) -> ModelCard:
+    return ModelCard(kind=kind, protocol="beatgan", fold=0, seed=0, dataset_hash="d" * 64, split_hash="s" * 64, criterion=criterion,
+                     validation_metric=metric, **extra)
+
+
+def test_the_card_of_a_generator_file_is_saved_beside_it_and_inside_it(tmp_path: Path) -> None:
+    from sibeatgan.modelio import load_generator, save_generator
+    from sibeatgan.models import Generator
+
+    meta = dict(kind="student", selection="paper", criterion="val_auc", metric=0.91, epoch=3, config={"fold": 2, "seed": 5, "alpha": 0.0,
+                "beta": 0.0, "split": "beatgan", "lr": 1e-4, "teacher": "/t/generator.pt", "teacher_sha256": "ab"},
+                dataset_hash="d" * 64, split_hash="s" * 64, protocol="beatgan", fold=2, threshold=0.3, threshold_rule="f1", threshold_far=None)
+    save_generator(tmp_path / "generator.pt", Generator(nc=1, length=320, nz=8, ngf=8), **meta)
+    saved = read_card(tmp_path)
+    assert saved.kind == "control", "a student without distillation and contrastive terms is the no-KD control"
+    assert (saved.fold, saved.seed, saved.validation_metric, saved.epoch) == (2, 5, 0.91, 3)
+    assert saved.threshold_policy == ThresholdPolicy(rule="f1", far=None) and saved.threshold == 0.3
+    assert saved.teacher.path == "/t/generator.pt" and saved.teacher.sha256 == "ab" and "teacher" not in saved.hyperparameters
+    _, loaded = load_generator(tmp_path / "generator.pt")
+    assert card_of(loaded) == saved == read_card(tmp_path / "generator.pt")
+
+
+def test_card_check_is_the_one_compatibility_check() -> None:
+    c = card()
+    c.check("d" * 64, "s" * 64, 0, "beatgan")
+    with pytest.raises(DatasetError, match="dataset"):
+        c.check("x" * 64, "s" * 64, 0)
+    with pytest.raises(DatasetError, match="split"):
+        c.check("d" * 64, "x" * 64, 0)
+    with pytest.raises(DatasetError, match="fold 0, refused for fold 1"):
+        c.check("d" * 64, "s" * 64, 1)
+    with pytest.raises(DatasetError, match="'interpatient'"):
+        c.check("d" * 64, "s" * 64, 0, "interpatient")
+
+
+def test_threshold_policy_decides_the_rule_in_one_place() -> None:
+    assert ThresholdPolicy.for_selection("paper") == ThresholdPolicy(rule="f1", far=None)
+    assert ThresholdPolicy.for_selection("clean") == ThresholdPolicy(rule="far", far=0.01)
+    assert ThresholdPolicy.resolve("auto", "paper").rule == "f1" and ThresholdPolicy.resolve("far", "paper", 0.05).far == 0.05
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=1000), np.zeros(1000, int)
+    far = ThresholdPolicy(rule="far", far=0.05).choose(scores, labels)
+    assert abs((scores > far).mean() - 0.05) < 0.01, "5% false alarms on normal validation beats"
+    assert ThresholdPolicy(rule="f1").choose(scores, labels) is None, "no anomalies: the F1 rule cannot apply"
+    labels[:50] = 1
+    scores[:50] += 4
+    f1 = ThresholdPolicy(rule="f1").choose(scores, labels)
+    assert f1 is not None and (scores[:50] >= f1).mean() > 0.9
+
+
+def test_the_student_must_beat_its_control_on_validation() -> None:
+    from sibeatgan.steps.protocol import choose_winner
+
+    won = choose_winner({"student": card(metric=0.93), "control": card("control", 0.90)})
+    assert won["winner"] == "student" and won["margin"] == pytest.approx(0.03) and won["criterion"] == "val_auc"
+    lost = choose_winner({"student": card(metric=0.2, criterion="val_normal_mse"), "control": card("control", 0.1, "val_normal_mse")})
+    assert lost["winner"] == "control" and lost["margin"] == pytest.approx(0.1), "a lower reconstruction error wins under clean"
+    assert "did not beat its no-KD control" in lost["reason"]
+    assert choose_winner({"student": card(metric=0.9), "control": card("control", 0.9)})["winner"] == "control", "a tie is no win"
+    diverged = choose_winner({"student": card(metric=math.nan), "control": card("control", 0.5)})
+    assert diverged["winner"] == "control" and diverged["margin"] is None
+    seeds = choose_winner({"student": [card(metric=0.95), card(metric=0.85)], "control": [card("control", 0.92), card("control", 0.92)]})
+    assert seeds["winner"] == "control" and seeds["validation"]["student"] == pytest.approx(0.90), "the mean over seeds"
+    assert seeds["validation_per_seed"]["student"] == [0.95, 0.85]
+    with pytest.raises(ConfigError, match="different criteria"):
+        choose_winner({"student": card(criterion="val_auc"), "control": card("control", criterion="val_normal_mse")})
+    comparison = {"pooled": {"delta_auc": 0.01, "delta_auc_ci": [-0.01, 0.03], "p_auc": 0.4}}
+    evidence = choose_winner({"student": card(metric=0.93), "control": card("control", 0.90)}, comparison, "table.txt")
+    assert evidence["test_comparison"]["delta"] == "student - control" and evidence["table"] == "table.txt"
+
+    from sibeatgan.registry import _verdict
+
+    text = _verdict("student", evidence)
+    assert text.startswith("The student won over the control by 0.03 on validation (val_auc).") and "p 0.400" in text
+    assert _verdict("teacher", None) == "The teacher is registered (no comparison was made)."
+
+
+def test_checkpoints_are_keyed_by_content_and_pruned_by_age(tmp_path: Path) -> None:
+    from sibeatgan.config import StudentConfig, TeacherConfig, replace
+    from sibeatgan.steps.protocol import checkpoint_key, prune_checkpoints
+
+    conf = TeacherConfig(fold=1, seed=2)
+    key = checkpoint_key("teacher", conf, "abc")
+    assert key.startswith("teacher-f1-s2-") and key == checkpoint_key("teacher", conf, "abc")
+    assert key == checkpoint_key("teacher", replace(conf, epochs=7, device="cpu"), "abc"), "a resume may change epochs and device"
+    assert key != checkpoint_key("teacher", replace(conf, lr=1e-3), "abc") != checkpoint_key("teacher", conf, "abd")
+    assert checkpoint_key("candidates", StudentConfig(), "abc", "t1") != checkpoint_key("candidates", StudentConfig(), "abc", "t2")
+    for name, age_days in (("old", 40), ("new", 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.pt").write_bytes(b"x")
+        stamp = time.time() - age_days * 86400
+        os.utime(tmp_path / name / "checkpoint.pt", (stamp, stamp))
+    (tmp_path / "not-a-training").mkdir()
+    assert prune_checkpoints(tmp_path, 30, dry_run=True) == [tmp_path / "old"] and (tmp_path / "old").exists()
+    assert prune_checkpoints(tmp_path, 30) == [tmp_path / "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "not-a-training"]
+    with pytest.raises(ConfigError):
+        prune_checkpoints(tmp_path / "missing", 30)
+
+
+def test_the_local_run_prints_one_line_per_task() -> None:
+    from pipelines.local import QuietConsole
+
+    log, console = io.StringIO(), io.StringIO()
+    quiet = QuietConsole(log, console)
+    quiet.write("\x1b[1mExecuting task 'train-teacher'\x1b[0m\n{\"executorInput\": 1}\nSIBEATGAN-HEADLINE: teacher AUC 0.9\n")
+    quiet.write("lots of output\nTask 'train-teacher' finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    quiet.write("Executing task 'register'\nTask 'register' finished with status FAILURE\n")
+    lines = console.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] == "train-teacher" and lines[0].endswith("teacher AUC 0.9")
+    assert "FAILURE" in lines[1] and "executorInput" in log.getvalue() and "executorInput" not in console.getvalue()
+
+
+def test_the_study_params_never_carry_the_storage_password() -> None:
+    from sibeatgan.config import StudentConfig, TuneConfig
+    from sibeatgan.steps.tune import study_params
+
+    params = study_params(TuneConfig(storage="postgresql://optuna:s3cr3t-sentinel@db:5432/optuna"), StudentConfig())
+    assert params["tune.storage"] == "postgresql://optuna:***@db:5432/optuna"
+    assert not any("s3cr3t-sentinel" in v for v in params.values()) and json.dumps(params).count("***") == 1
