@@ -220,6 +220,13 @@ def main() -> int:
             raise SystemExit(f"pipeline-in-image: {tool} is not installed (scripts/podman-base.sh installs it)")
     if podman("image", "exists", args.image, check=False).returncode != 0:
         raise SystemExit(f"pipeline-in-image: no image {args.image} here (scripts/build-image.sh --cpu builds one)")
+    # The components ship only their bodies; they import sibeatgan from the image: it must be this checkout's.
+    rev = podman("image", "inspect", args.image, "--format", '{{index .Labels "org.opencontainers.image.revision"}}',
+                 capture_output=True).stdout.strip()
+    if rev and subprocess.run(["git", "diff", "--quiet", rev, "--", "sibeatgan", "pyproject.toml", "requirements.lock"],
+                              cwd=ROOT).returncode != 0:
+        raise SystemExit(f"pipeline-in-image: {args.image} was built from {rev[:12]}, and sibeatgan/ has changed since: "
+                         "rebuild it (scripts/build-image.sh --cpu)")
     out = args.out.expanduser().resolve()
     if (out / "run").exists():
         shutil.rmtree(out / "run")
