@@ -32,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN, PIPELINE_USER = "admin", "sibeatgan-pipeline"
+# the image's user; 0 for an image built before podman-base.sh made its / world-readable
+USER = os.environ.get("SIBEATGAN_CONTAINER_USER", "10001")
 
 
 def free_port() -> int:
@@ -97,7 +99,7 @@ def start_mlflow(image: str, out: Path, port: int, admin_password: str, stack: S
     (data / "basic_auth.ini").write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                                          "database_uri = sqlite:////mlflow/basic_auth.db\nadmin_username = admin\n")
     name = f"sibeatgan-mlflow-{port}"
-    podman("run", "-d", "--rm", "--name", name, "--network", "host", "-v", f"{data}:/mlflow",
+    podman("run", "-d", "--rm", "--name", name, "--network", "host", "--user", USER, "-v", f"{data}:/mlflow",
            "-e", "MLFLOW_AUTH_CONFIG_PATH=/mlflow/basic_auth.ini", "-e", f"MLFLOW_AUTH_ADMIN_PASSWORD={admin_password}",
            "-e", f"MLFLOW_FLASK_SERVER_SECRET_KEY={secrets.token_hex(16)}",
            image, "mlflow", "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -117,7 +119,7 @@ def start_mlflow(image: str, out: Path, port: int, admin_password: str, stack: S
 
 def create_pipeline_user(image: str, url: str, admin_password: str, password: str, experiment: str, model: str) -> str:
     script = ROOT / "infra" / "base" / "mlflow-users.py"
-    proc = podman("run", "--rm", "--network", "host", "-v", f"{script}:/scripts/mlflow-users.py:ro",
+    proc = podman("run", "--rm", "--network", "host", "--user", USER, "-v", f"{script}:/scripts/mlflow-users.py:ro",
                   "-e", f"MLFLOW_TRACKING_URI={url}", "-e", f"MLFLOW_TRACKING_USERNAME={ADMIN}",
                   "-e", f"MLFLOW_TRACKING_PASSWORD={admin_password}", "-e", f"PIPELINE_USERNAME={PIPELINE_USER}",
                   "-e", f"PIPELINE_PASSWORD={password}", "-e", f"MLFLOW_EXPERIMENT_NAME={experiment}",
@@ -167,8 +169,12 @@ def run_pipeline(image: str, docker_host: str, url: str, password: str, out: Pat
     os.environ["DOCKER_HOST"] = docker_host
     sys.path.insert(0, str(ROOT))
     import docker
+    import docker.client
     from kfp import local
 
+    # kfp's task handler calls docker.from_env() with the SDK's 60 s timeout; on vfs storage creating a container
+    # copies the whole image (minutes on a busy machine), so the create call needs longer.
+    docker.client.DEFAULT_TIMEOUT_SECONDS = int(os.environ.get("DOCKER_CLIENT_TIMEOUT", "1200"))
     from components import IMAGE
 
     assert IMAGE == image, (IMAGE, image)
@@ -214,6 +220,13 @@ def main() -> int:
             raise SystemExit(f"pipeline-in-image: {tool} is not installed (scripts/podman-base.sh installs it)")
     if podman("image", "exists", args.image, check=False).returncode != 0:
         raise SystemExit(f"pipeline-in-image: no image {args.image} here (scripts/build-image.sh --cpu builds one)")
+    # The components ship only their bodies; they import sibeatgan from the image: it must be this checkout's.
+    rev = podman("image", "inspect", args.image, "--format", '{{index .Labels "org.opencontainers.image.revision"}}',
+                 capture_output=True).stdout.strip()
+    if rev and subprocess.run(["git", "diff", "--quiet", rev, "--", "sibeatgan", "pyproject.toml", "requirements.lock"],
+                              cwd=ROOT).returncode != 0:
+        raise SystemExit(f"pipeline-in-image: {args.image} was built from {rev[:12]}, and sibeatgan/ has changed since: "
+                         "rebuild it (scripts/build-image.sh --cpu)")
     out = args.out.expanduser().resolve()
     if (out / "run").exists():
         shutil.rmtree(out / "run")

@@ -56,6 +56,7 @@ if [ -n "${ROOTFS:-}" ] && [ -x "$ROOTFS/usr/bin/python3" ]; then
     root=$ROOTFS
 else
     root=$(mktemp -d /var/tmp/sibeatgan-base.XXXXXX)
+    chmod 755 "$root"  # it becomes the image's /: mktemp's 700 would lock every non-root user out of the whole image
     echo "podman-base.sh: debootstrap $SUITE from $MIRROR into $root"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates "$SUITE" "$root" "$MIRROR" > "$root.log" 2>&1 \
         || { tail -20 "$root.log" >&2; exit 1; }
@@ -80,6 +81,7 @@ umount "$root/proc"
 rm -rf "$root/tmp/wheels" "$root/tmp/host-ca.crt" "$root/var/cache/apt/archives"/*.deb "$root/var/lib/apt/lists"/*
 : > "$root/etc/resolv.conf"
 
+chmod 755 "$root"
 tar -C "$root" -c . | podman import \
     --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \

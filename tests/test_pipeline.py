@@ -173,7 +173,8 @@ def test_search_student_and_registration() -> None:
     for name in ("trials", "workers", "members_per_worker", "tune_epochs", "student_epochs", "mlflow_uri", "optuna_storage", "experiment",
                  "model_name", "data_version"):
         assert name in params, name
-    assert params["optuna_storage"]["defaultValue"] == "" and params["mlflow_uri"]["defaultValue"] == "http://sibeatgan-mlflow:5000"
+    assert params["optuna_storage"]["defaultValue"] == "" and params["mlflow_uri"]["defaultValue"] == \
+        "http://sibeatgan-mlflow.sibeatgan.svc.cluster.local:5000"
     for name, executor in k8s.items():
         assert executor.get("activeDeadlineSeconds") or name == "exec-synth", f"{name} has no timeout"
     outputs = pipeline["root"]["outputDefinitions"]

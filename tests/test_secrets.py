@@ -114,7 +114,8 @@ def test_half_a_credential_pair_is_named_before_any_request(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_PASSWORD is not set, MLFLOW_TRACKING_USERNAME is") as err:
         step_tracker(TrackingConfig(tracking_uri="http://127.0.0.1:1"), tmp_path / "step", "check")
     assert len(str(err.value).splitlines()) == 1
-    step_tracker(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"), tmp_path / "local", "check").finish()  # no server: no check
+    # no HTTP server, no credentials to check
+    step_tracker(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"), tmp_path / "local", "check").finish()
 
 
 def test_a_server_that_refuses_the_credentials_fails_the_step_at_its_start(mlflow_server, tmp_path, monkeypatch):
