@@ -131,6 +131,7 @@ def run_pipeline_local(
     experiment: str = "si-beatgan",
     model_name: str = "si-beatgan",
     quiet: bool = True,
+    runner: Any = None,
 ) -> dict[str, Any]:
     """Run pipelines/si_beatgan.py with kfp.local's SubprocessRunner in this Python environment.
 
@@ -139,7 +140,9 @@ def run_pipeline_local(
     go to OUT/checkpoints, the Optuna workers (one subprocess each) share the journal OUT/optuna/studies.journal (one
     study per run), and runs and the registered model go to `mlflow_uri` (default: the store every `sibeatgan` command
     uses, sibeatgan.tracking.default_store()). With `quiet`, kfp's output goes to OUT/pipeline.log and the console gets
-    one line per task. Returns a summary with each teacher's test metrics, the registered version and the MLflow run.
+    one line per task. `runner`: kfp.local's runner (default SubprocessRunner(use_venv=False); a DockerRunner runs every
+    task in the image, scripts/pipeline-in-image.sh). Returns a summary with each teacher's test metrics, the registered
+    version and the MLflow run.
     """
     from kfp import local
 
@@ -157,7 +160,8 @@ def run_pipeline_local(
         os.environ.setdefault(name, value)
     for name in ("kfp", "workspace", "checkpoints", "optuna"):
         (out / name).mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), workspace_root=str(out / "workspace"))
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
+               workspace_root=str(out / "workspace"))
     log_path = out / "pipeline.log"
     console = sys.stdout
     started = time.perf_counter()

@@ -17,7 +17,6 @@ Everything it started is stopped at the end, whatever happened.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import secrets
@@ -187,21 +186,11 @@ def run_pipeline(image: str, docker_host: str, url: str, password: str, out: Pat
         # kfp mounts only the pipeline root; checkpoints and the Optuna journal are beside it, under OUT
         mounts=[docker.types.Mount(target=str(out), source=str(out), type="bind")],
     )
-    try:
-        from pipelines.local import run_pipeline_local  # after the lead's move
-    except ImportError:
-        from sibeatgan.pipeline import run_pipeline_local
-    kwargs = dict(out=out / "run", folds=(0,), seeds=(0,), epochs=args.epochs, device="cpu", trials=args.trials, workers=args.workers,
-                  members_per_worker=1, tune_epochs=1, student_epochs=args.student_epochs, mlflow_uri=url)
-    if "runner" in inspect.signature(run_pipeline_local).parameters:
-        return run_pipeline_local(runner=runner, **kwargs)
-    # Until run_pipeline_local takes a runner: the local.init it makes gets this DockerRunner instead.
-    saved = local.SubprocessRunner
-    local.SubprocessRunner = lambda **_: runner
-    try:
-        return run_pipeline_local(**kwargs)
-    finally:
-        local.SubprocessRunner = saved
+    from pipelines.local import run_pipeline_local
+
+    return run_pipeline_local(out=out / "run", folds=(0,), seeds=(0,), epochs=args.epochs, device="cpu", trials=args.trials,
+                              workers=args.workers, members_per_worker=1, tune_epochs=1, student_epochs=args.student_epochs,
+                              mlflow_uri=url, runner=runner)
 
 
 def main() -> int:
