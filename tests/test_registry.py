@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sibeatgan.config import TrackingConfig
-from sibeatgan.registry import PromotionRefused, RegistryError, history, paired_compare, promote, rollback, run_register
+from sibeatgan.registry import PromotionBusy, PromotionRefused, RegistryError, history, paired_compare, promote, rollback, run_register
 
 pytest_plugins = ["tests.services"]
 
@@ -122,7 +122,7 @@ def test_promotion_race_one_wins(mlflow_env, small_teacher: dict, tmp_path: Path
     wins = [o for o in outcomes if isinstance(o, dict)]
     refusals = [o for o in outcomes if isinstance(o, PromotionRefused)]
     assert len(wins) == 1 and len(refusals) == 1, outcomes
-    assert "won" in str(refusals[0])
+    assert isinstance(refusals[0], PromotionBusy) and ("won" in str(refusals[0]) or "in progress" in str(refusals[0]))
     assert _alias(name, "production") == v1["version"]
     trail = history(name)
     assert len(trail) == 1 and trail[0]["generation"] == 1 and trail[0]["version"] == v1["version"]
