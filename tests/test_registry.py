@@ -110,7 +110,7 @@ def test_promotion_race_one_wins(mlflow_env, small_teacher: dict, tmp_path: Path
 
     def attempt() -> None:
         try:
-            outcomes.append(promote(name, n_bootstrap=50, on_decided=lambda record: barrier.wait()))
+            outcomes.append(promote(name, n_bootstrap=50, lock_settle_s=4.0, on_decided=lambda record: barrier.wait()))
         except PromotionRefused as err:
             outcomes.append(err)
 
