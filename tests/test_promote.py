@@ -225,8 +225,8 @@ def test_a_lock_expires(mlflow_env, sources: dict) -> None:
 
 
 def test_gate_refuses_a_candidate_that_may_be_worse(mlflow_env, sources: dict) -> None:
-    """Non-inferiority: a candidate lower in AUC without significance (the old rule let it in) is refused because its
-    interval's lower end is below -margin; the CLI says so with exit 1."""
+    """Non-inferiority: a candidate lower in AUC is refused because its interval's lower end is below -margin (the
+    decision no longer rests on a p-value); the CLI says so with exit 1, and a stated wider margin lets it through."""
     name = "si-beatgan-promote-gate"
     good, degraded = _model(name, sources, "good", "degraded")
     _set(name, "staging", good)
@@ -242,8 +242,7 @@ def test_gate_refuses_a_candidate_that_may_be_worse(mlflow_env, sources: dict) -
 
     client = MlflowClient()
     cmp = gate(client, client.get_model_version(name, str(degraded)), client.get_model_version(name, str(good)), 200)
-    assert cmp["delta_auc"] < 0 and cmp["p_auc"] > 0.05, cmp  # not significantly worse: the old gate moved it
-    assert cmp["delta_auc_ci"][0] < -0.005 and not cmp["passed"]
+    assert cmp["delta_auc"] < 0 and cmp["delta_auc_ci"][0] < -0.005 and not cmp["passed"], cmp
     result = _cli("--name", name, "--set", "n_bootstrap=200")
     assert result.returncode == 1 and "may be worse" in result.stderr, result.stderr
     assert _alias(name, "production") == good
@@ -300,10 +299,11 @@ def test_exit_codes_tell_refusal_usage_and_infrastructure_apart(mlflow_env, sour
     result = _cli("--name", name)
     assert result.returncode == 0 and json.loads(result.stdout)["moved"], result.stderr
     result = _cli("--name", name, env={"MLFLOW_TRACKING_PASSWORD": "wrong-password"})
-    assert result.returncode == 3 and result.stderr.strip().count("\n") == 0 and "credentials" in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 3 and len(errors) == 1 and "credentials" in errors[0] and "Traceback" not in result.stderr, result.stderr
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     result = _cli("--name", name, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
-    assert result.returncode == 3 and result.stderr.strip().count("\n") == 0 and "unreachable" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # (urllib3 may log its one retry)
+    assert result.returncode == 3 and len(errors) == 1 and "unreachable" in errors[0] and "Traceback" not in result.stderr, result.stderr
