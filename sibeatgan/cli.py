@@ -390,24 +390,41 @@ def promote(
     name: Optional[str] = typer.Option(None, "--name", help="Registered model (default: tracking.model_name, si-beatgan)."),
     from_alias: str = typer.Option("staging", "--from", help="Alias of the candidate."),
     to_alias: str = typer.Option("production", "--to", help="Alias to move."),
-    rollback: bool = typer.Option(False, "--rollback", help="Give --to back to the version at alias `previous`."),
+    rollback: bool = typer.Option(False, "--rollback", help="Give --to back to the version at alias `previous` (through the gate)."),
+    force: bool = typer.Option(False, "--force", help="Skip the gate; needs --reason, which the audit trail records."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Why the gate is skipped (with --force)."),
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
 ) -> None:
-    """Move an alias through the gate (a paired comparison on the same beats), or roll it back; credentials come
-    from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+    """Move an alias through the gate (non-inferiority on the same beats), or roll it back; credentials come from
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD. Exit 0 moved (or nothing to move), 1 refused by the gate,
+    2 usage, 3 server, credentials or permission, 4 another promotion holds the lock (retry later)."""
     from sibeatgan import registry
 
+    if force and not (reason or "").strip():
+        raise typer.BadParameter("--force needs --reason (it is recorded in the audit trail)", param_hint="--reason")
     conf = _config(cfg.TrackingConfig, config, set_)
     name = name or conf.model_name
+    gate = {"n_bootstrap": conf.n_bootstrap, "margin": conf.margin, "seed": conf.seed, "min_records": conf.min_records,
+            "min_beats": conf.min_beats, "force": force, "reason": reason, "lock_ttl_s": conf.lock_ttl_s,
+            "lock_settle_s": conf.lock_settle_s}
     try:
         if rollback:
-            result = registry.rollback(name, to_alias, conf.tracking_uri)
+            result = registry.rollback(name, to_alias, conf.tracking_uri, **gate)
         else:
-            result = registry.promote(name, from_alias, to_alias, conf.tracking_uri, conf.n_bootstrap, conf.alpha, conf.seed)
+            result = registry.promote(name, from_alias, to_alias, conf.tracking_uri, **gate)
+    except registry.PromotionBusy as err:
+        typer.echo(f"busy: {err}", err=True)
+        sys.exit(4)
     except registry.PromotionRefused as err:
         typer.echo(str(err), err=True)
         sys.exit(1)
+    except registry.RegistryUsageError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except registry.RegistryError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(3)
     typer.echo(json.dumps(result, indent=2))
 
 

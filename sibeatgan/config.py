@@ -509,7 +509,11 @@ class TrackingConfig(Section):
     http_timeout_s: float = 15.0  # a refused connection fails at once; a busy server gets this long
     model_name: SafeName = "si-beatgan"
     n_bootstrap: int = 1000  # promotion gate: record-level paired bootstrap
-    alpha: float = 0.05  # the candidate is "worse" when its AUC is lower with p < alpha
+    margin: float = Field(0.005, ge=0)  # non-inferiority: the 95% interval of delta AUC (candidate - current) must start above -margin
+    min_records: int = Field(5, ge=1)  # too few records or beats to compare is a refusal
+    min_beats: int = Field(500, ge=1)
+    lock_ttl_s: float = Field(120.0, gt=0)  # a promotion's lock expires after this long (a killed one's move is then completed)
+    lock_settle_s: float = Field(2.0, gt=0)  # the lock's wait: of two promotions whose requests each take under it, one wins
     seed: int = 0
 
 
