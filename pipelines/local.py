@@ -70,15 +70,16 @@ class QuietConsole(io.TextIOBase):
         self.console.flush()
 
     def _line(self, line: str) -> None:
+        # tasks of one name may run at once (a ParallelFor's items): their starts and headlines queue up in order
         if (m := _START.search(line)) is not None:
             self._current = m.group(1)
-            self._started.setdefault(self._current, time.perf_counter())
+            self._started.setdefault(self._current, []).append(time.perf_counter())
         elif HEADLINE in line and self._current is not None:
-            self._headline[self._current] = line.split(HEADLINE, 1)[1].strip()
+            self._headline.setdefault(self._current, []).append(line.split(HEADLINE, 1)[1].strip())
         elif (m := _END.search(line)) is not None:
             name, status = m.group(1), m.group(2) or "CACHED"
-            took = time.perf_counter() - self._started.pop(name, time.perf_counter())
-            head = self._headline.pop(name, "")
+            starts, heads = self._started.get(name) or [time.perf_counter()], self._headline.get(name) or [""]
+            took, head = time.perf_counter() - starts.pop(0), heads.pop(0)
             mark = "" if status in ("SUCCESS", "CACHED") else f" {status}"
             self.console.write(f"  {name:<28} {took:7.1f} s{mark}  {head}\n".rstrip() + "\n")
             self.console.flush()

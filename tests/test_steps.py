@@ -125,8 +125,12 @@ def test_the_local_run_prints_one_line_per_task() -> None:
     quiet.write("\x1b[1mExecuting task 'train-teacher'\x1b[0m\n{\"executorInput\": 1}\nSIBEATGAN-HEADLINE: teacher AUC 0.9\n")
     quiet.write("lots of output\nTask 'train-teacher' finished with status \x1b[92mSUCCESS\x1b[0m\n")
     quiet.write("Executing task 'register'\nTask 'register' finished with status FAILURE\n")
+    quiet.write("Executing task 'tune-worker'\nExecuting task 'tune-worker'\nSIBEATGAN-HEADLINE: worker 0\n")  # a ParallelFor's two
+    quiet.write("SIBEATGAN-HEADLINE: worker 1\nTask 'tune-worker' finished with status SUCCESS\n")
+    quiet.write("Task 'tune-worker' finished with status SUCCESS\n")
     lines = console.getvalue().splitlines()
-    assert len(lines) == 2 and lines[0].split()[0] == "train-teacher" and lines[0].endswith("teacher AUC 0.9")
+    assert len(lines) == 4 and lines[0].split()[0] == "train-teacher" and lines[0].endswith("teacher AUC 0.9")
+    assert lines[2].endswith("worker 0") and lines[3].endswith("worker 1"), lines
     assert "FAILURE" in lines[1] and "executorInput" in log.getvalue() and "executorInput" not in console.getvalue()
 
 
