@@ -101,9 +101,9 @@ def run_evaluate(config: EvaluateConfig, dataset: Path, models: dict[int, Path] 
         split_name = card.protocol
         if split_name != config.split:
             raise DatasetError(f"{path}: trained on the {split_name!r} split, but evaluation asks for {config.split!r}")
+        _splits_for(split_set, card, path, split_name, fold, content_hash)  # refuses another split before anything is written
         if (gen.nc, gen.length) != (ds.leads, ds.length):
             raise DatasetError(f"{path}: model takes {gen.nc} lead(s) x {gen.length}, dataset {dataset} has {ds.leads} x {ds.length}")
-        _splits_for(split_set, card, path, split_name, fold, content_hash)  # refuses another split before anything is written
         checked.append((fold, path, anomaly, meta, card, split_name))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
