@@ -603,9 +603,12 @@ def _decide(client: Any, record: dict[str, Any], candidate: Any, current: Any, l
     """Run the gate into `record["comparison"]`; raise PromotionRefused when it says no, unless forced."""
     if current is None:
         return
+    if force:  # a forced move skips the gate (its reason is recorded); a gate that cannot even run must not stop it
+        record["comparison"] = {"skipped": "forced"}
+        return
     cmp = gate(client, candidate, current, n_bootstrap, margin, seed, min_records, min_beats)
     record["comparison"] = cmp
-    if cmp["passed"] or force:
+    if cmp["passed"]:
         return
     raise PromotionRefused(f"refused: {label} against version {current.version} ({record['to']}): {cmp['reason']}\n"
                            f"  {record['to']}: {_figures(current)}\n  candidate: {_figures(candidate)}{_paired_text(cmp)}")

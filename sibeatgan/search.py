@@ -72,7 +72,7 @@ def storage_for(tune: TuneConfig, out: Path) -> Any:
             return optuna.storages.RDBStorage(tune.storage, engine_kwargs={"pool_pre_ping": True})
         except Exception as err:  # sqlalchemy's OperationalError and friends: name the storage, not the stack
             raise SibeatganError(f"Optuna storage {_redact(tune.storage)} cannot be reached ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    raise ConfigError(f"TuneConfig.storage: {tune.storage!r} is neither a journal file (*.journal) nor a database URL")
+    raise ConfigError(f"TuneConfig.storage: {_redact(str(tune.storage))!r} is neither a journal file (*.journal) nor a database URL")
 
 
 def _redact(url: str) -> str:

@@ -257,7 +257,7 @@ def test_roc_points_are_finite_thinned_and_monotone() -> None:
 
 def test_train_component_resumes_from_its_content_keyed_checkpoint(synth_dataset: Path, tmp_path: Path) -> None:
     """A retried teacher task, or the same teacher in a resubmitted run, continues from the checkpoint on the volume (its
-    folder named by fold, seed and a hash of config and data), not from epoch 1; another config gets another folder."""
+    folder named by fold, seed and a hash of config, epochs and data); another config or epoch count gets another folder."""
     import json
 
     from kfp.dsl import Dataset, Metrics, Model
@@ -276,18 +276,23 @@ def test_train_component_resumes_from_its_content_keyed_checkpoint(synth_dataset
     assert not (Path(first.path) / "checkpoint.pt").exists(), "the model artifact holds the model, not the optimizer state"
     history1 = json.loads((work / "metrics.json").read_text())["history"]
 
+    stamp = (work / "checkpoint.pt").stat().st_mtime_ns
     second = Model(uri=str(tmp_path / "attempt2" / "model"))
     metrics = Metrics(uri=str(tmp_path / "m2"))
-    train_teacher.python_func(beats=beats, model=second, metrics=metrics, epochs=2, **args)
+    train_teacher.python_func(beats=beats, model=second, metrics=metrics, epochs=1, **args)  # the retried task, same inputs
     history2 = json.loads((Path(second.path) / "metrics.json").read_text())["history"]
-    assert len(history2) == 2 and history2[0] == history1[0], "the second attempt resumed after epoch 1"
-    assert metrics.metadata["epochs"] == 2 and second.metadata["fold"] == 0 and second.metadata["kind"] == "teacher"
+    assert history2 == history1 and (work / "checkpoint.pt").stat().st_mtime_ns == stamp, "resumed: nothing trained twice"
+    assert metrics.metadata["epochs"] == 1 and second.metadata["fold"] == 0 and second.metadata["kind"] == "teacher"
     assert json.loads((Path(second.path) / "model_card.json").read_text())["kind"] == "teacher"
 
+    longer = Model(uri=str(tmp_path / "attempt4" / "model"))
+    train_teacher.python_func(beats=beats, model=longer, metrics=Metrics(uri=str(tmp_path / "m4")), epochs=2, **args)
+    assert len(json.loads((Path(longer.path) / "metrics.json").read_text())["history"]) == 2
+    assert len(list((tmp_path / "ckpt").iterdir())) == 2, "another epoch count is another model: a folder of its own"
     other = Model(uri=str(tmp_path / "attempt3" / "model"))
     train_teacher.python_func(beats=beats, model=other, metrics=Metrics(uri=str(tmp_path / "m3")), epochs=1,
                               **{**args, "config_yaml": conf + "  lr: 0.0002\n"})
-    assert len(list((tmp_path / "ckpt").iterdir())) == 2, "another config trains in a folder of its own"
+    assert len(list((tmp_path / "ckpt").iterdir())) == 3, "another config trains in a folder of its own"
 
 
 def test_library_does_not_import_kfp() -> None:

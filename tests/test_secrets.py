@@ -57,7 +57,7 @@ def test_a_tracked_search_on_a_password_storage_leaks_it_nowhere(mlflow_services
     from mlflow.tracking import MlflowClient
 
     from sibeatgan.config import StudentConfig, TrackingConfig, TuneConfig
-    from sibeatgan.train.distill import run_tune
+    from sibeatgan.steps.tune import run_tune
     from sibeatgan.train.teacher import run_train_teacher
     from tests.test_teacher import small_config, synthetic_dataset
 

@@ -101,7 +101,8 @@ def test_checkpoints_are_keyed_by_content_and_pruned_by_age(tmp_path: Path) -> N
     conf = TeacherConfig(fold=1, seed=2)
     key = checkpoint_key("teacher", conf, "abc")
     assert key.startswith("teacher-f1-s2-") and key == checkpoint_key("teacher", conf, "abc")
-    assert key == checkpoint_key("teacher", replace(conf, epochs=7, device="cpu"), "abc"), "a resume may change epochs and device"
+    assert key == checkpoint_key("teacher", replace(conf, device="cpu"), "abc"), "the device does not change the model"
+    assert key != checkpoint_key("teacher", replace(conf, epochs=7), "abc"), "a shorter run never takes a longer one's model"
     assert key != checkpoint_key("teacher", replace(conf, lr=1e-3), "abc") != checkpoint_key("teacher", conf, "abd")
     assert checkpoint_key("candidates", StudentConfig(), "abc", "t1") != checkpoint_key("candidates", StudentConfig(), "abc", "t2")
     for name, age_days in (("old", 40), ("new", 1)):

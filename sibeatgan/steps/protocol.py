@@ -229,16 +229,17 @@ def pipeline_tracking(config_yaml: str, mlflow_uri: str, kfp_run_id: str = "", *
 
 def checkpoint_key(kind: str, config: Any, dataset_hash: str, *extra: str) -> str:
     """The folder name of a training's checkpoints on the shared volume: the kind, fold and seed for people, and a hash
-    of what the model is (its config, less the settings a resume may change, the dataset's content hash and, for a
-    student, its teacher) for the machine. A resubmitted run with the same content resumes from there; another config
-    or dataset gets a folder of its own."""
+    of what the model is (its config with its epochs, less the settings that do not change the model (device, AMP,
+    CUDA graphs, batch size of evaluation, score), the dataset's content hash and, for a student, its teacher) for the
+    machine. A resubmitted run with the same content resumes from there (a retried pod too); another config, epoch
+    count or dataset gets a folder of its own, so a shorter rerun never takes a longer training's model."""
     import hashlib
     import json
 
     from sibeatgan.config import to_dict
     from sibeatgan.train.distill import RESUMABLE_CHANGES
 
-    conf = {k: v for k, v in to_dict(config).items() if k not in RESUMABLE_CHANGES}
+    conf = {k: v for k, v in to_dict(config).items() if k not in RESUMABLE_CHANGES or k == "epochs"}
     digest = hashlib.sha256(json.dumps([kind, conf, dataset_hash, *extra], sort_keys=True, default=str).encode()).hexdigest()
     return f"{kind}-f{conf.get('fold', 0)}-s{conf.get('seed', 0)}-{digest[:16]}"
 
