@@ -185,9 +185,16 @@ class Tracker:
         check_credentials(self.uri)
         client_env(self.http_timeout_s)
         self.dir.mkdir(parents=True, exist_ok=True)
+        old = json.loads(self.state_path.read_text()) if self.journal.exists() and self.state_path.exists() else {}
+        if self.journal.exists() and old.get("parent_run_id") != self.state["parent_run_id"] and old.get("run_id"):
+            # another pipeline run resumed this training (content-keyed checkpoints): its run is a new one, under the new
+            # parent; the earlier run keeps its own journal (renamed) and stays under its own pipeline run
+            kept = self.dir / f"journal-{old['run_id']}.jsonl"
+            self.journal.rename(kept)
+            log.info("tracking: %s belongs to run %s of another pipeline run (kept as %s); this one starts a new run",
+                     self.journal, old["run_id"], kept.name)
         if self.journal.exists():
             self._ops = _read_journal(self.journal)
-            old = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
             if old.get("run_id") and old.get("uri") == self.uri:
                 self.state.update(run_id=old["run_id"], sent=min(int(old.get("sent", 0)), len(self._ops)))
             if self._ops:

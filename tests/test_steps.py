@@ -142,3 +142,29 @@ def test_the_study_params_never_carry_the_storage_password() -> None:
     params = study_params(TuneConfig(storage="postgresql://optuna:s3cr3t-sentinel@db:5432/optuna"), StudentConfig())
     assert params["tune.storage"] == "postgresql://optuna:***@db:5432/optuna"
     assert not any("s3cr3t-sentinel" in v for v in params.values()) and json.dumps(params).count("***") == 1
+
+
+def test_a_resubmitted_pipeline_run_gets_a_new_training_run(tmp_path: Path) -> None:
+    """Checkpoints (and so a training's journal) are keyed by content and outlive a pipeline run: when another pipeline
+    run resumes that folder, its training is a new MLflow run under the new parent; the old run stays where it was."""
+    from mlflow import MlflowClient
+
+    from sibeatgan.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    parents = [Tracker(tmp_path / f"p{i}", uri, run_name=f"pipeline-{i}").start() for i in range(2)]
+    for p in parents:
+        p.finish()
+    first = Tracker(tmp_path / "work" / "tracking", uri, run_name="teacher", parent_run_id=parents[0].run_id).start()
+    first.log_metrics({"val": 1.0}, step=1)
+    first.finish()
+    again = Tracker(tmp_path / "work" / "tracking", uri, run_name="teacher", parent_run_id=parents[0].run_id).start()
+    assert again.run_id == first.run_id, "a retried task of the same pipeline run continues its run"
+    again.finish()
+    other = Tracker(tmp_path / "work" / "tracking", uri, run_name="teacher", parent_run_id=parents[1].run_id).start()
+    other.finish()
+    assert other.run_id != first.run_id
+    assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == parents[0].run_id
+    assert client.get_run(other.run_id).data.tags["mlflow.parentRunId"] == parents[1].run_id
+    assert (tmp_path / "work" / "tracking" / f"journal-{first.run_id}.jsonl").is_file()
