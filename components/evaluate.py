@@ -34,6 +34,12 @@ def evaluate(
 
     conf = step_config(EvaluateConfig, config_yaml, device=device, folds=())  # the model's own fold, whatever the file says
     kind, seed = str(model.metadata.get("kind", "teacher")), int(model.metadata.get("seed", 0))
+    if model.metadata.get("no_model"):  # a candidate that selected no epoch: nothing to score; the winner's choice counts it lost
+        Path(evaluation.path).mkdir(parents=True, exist_ok=True)
+        evaluation.metadata.update(kind=kind, seed=seed, no_model=True)
+        write_text(summary.path, f"# Evaluation: {kind}, seed {seed}\n\nNo model: no epoch had a finite validation criterion.\n")
+        print(f"SIBEATGAN-HEADLINE: {kind} seed {seed}: no model to evaluate (no finite validation epoch)")
+        return
     result = run_evaluate_step(conf, Path(beats.path), Path(model.path), Path(evaluation.path),
                                pipeline_tracking(config_yaml, mlflow_uri, kfp_run_id, experiment=experiment or None), run_name=f"evaluate-{kind}-s{seed}", kind=kind)
     (fold, m), = result["folds"].items()
@@ -67,11 +73,21 @@ def compare(
     from pathlib import Path
 
     from sibeatgan.config import EvaluateConfig
-    from sibeatgan.files import write_text
+    from sibeatgan.files import write_json, write_text
     from sibeatgan.steps.evaluate import run_compare_step
     from sibeatgan.steps.protocol import pipeline_tracking, step_config
 
     a, b = (str(e.metadata.get("kind", "?")) for e in (evaluation_a, evaluation_b))
+    missing = [str(e.metadata.get("kind")) for e in (evaluation_a, evaluation_b) if e.metadata.get("no_model")]
+    if missing:  # nothing to pair: the comparison says so, and the winner's choice goes on without it
+        why = f"no comparison: the {' and the '.join(missing)} had no model (no finite validation epoch)"
+        Path(comparison.path).mkdir(parents=True, exist_ok=True)
+        write_json(Path(comparison.path) / "compare.json", {"skipped": why})
+        write_text(Path(comparison.path) / "table.txt", why + "\n")
+        write_text(summary.path, f"# {b} against {a}\n\n{why}\n")
+        comparison.metadata.update(a=a, b=b, skipped=why)
+        print(f"SIBEATGAN-HEADLINE: {why}")
+        return
     conf = step_config(EvaluateConfig, config_yaml)
     result = run_compare_step(conf, Path(beats.path), Path(evaluation_a.path), Path(evaluation_b.path), Path(comparison.path),
                               pipeline_tracking(config_yaml, mlflow_uri, kfp_run_id, experiment=experiment or None), run_name=f"compare-{b}-vs-{a}", model_a=a, model_b=b)

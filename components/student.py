@@ -145,9 +145,10 @@ def train_candidates(
     results = run_train_candidates(conf, Path(beats.path), Path(teacher.path), work, pipeline_tracking(config_yaml, mlflow_uri, kfp_run_id, experiment=experiment or None))
     for name, artifact in (("student", student), ("control", control)):
         shutil.copytree(work / name, artifact.path, ignore=shutil.ignore_patterns("tracking"))
-        card = read_card(artifact.path)
+        card = read_card(artifact.path)  # a candidate with no model has a stand-in card (no_model: it is never evaluated)
         artifact.metadata.update(fold=card.fold, seed=card.seed, kind=name, selection=card.selection, criterion=card.criterion,
-                                 best_epoch=card.epoch, validation_metric=card.validation_metric, trial=best.metadata.get("trial"))
+                                 best_epoch=card.epoch, validation_metric=card.validation_metric, trial=best.metadata.get("trial"),
+                                 no_model=not card.has_model)
     s, c = results["student"], results["control"]
     print(f"SIBEATGAN-HEADLINE: student {s['criterion']} {s['best_metric']}, control {c['best_metric']} on validation")
 
@@ -169,13 +170,14 @@ def pick_winner(
     from sibeatgan.steps.protocol import choose_winner
 
     comp = json.loads((Path(comparison.path) / "compare.json").read_text())
-    found = choose_winner({"student": read_card(student.path), "control": read_card(control.path)}, comp,
-                          Path(comparison.path) / "table.txt")
+    compared = "skipped" not in comp  # skipped: a candidate had no model to evaluate
+    found = choose_winner({"student": read_card(student.path), "control": read_card(control.path)}, comp if compared else None,
+                          Path(comparison.path) / "table.txt" if compared else None)
     model, scored = (student, student_evaluation) if found["winner"] == "student" else (control, control_evaluation)
     shutil.copytree(model.path, winner.path)
     shutil.copytree(scored.path, evaluation.path)
     Path(evidence.path).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(comparison.path) / "table.txt", Path(evidence.path) / "comparison.txt")
+    shutil.copyfile(Path(comparison.path) / "table.txt", Path(evidence.path) / "comparison.txt")  # or why it was skipped
     found["table"] = str(Path(evidence.path) / "comparison.txt")
     write_json(Path(evidence.path) / "evidence.json", found)
     winner.metadata.update(model.metadata)

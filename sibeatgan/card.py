@@ -84,6 +84,7 @@ class ModelCard(BaseModel):
     threshold: float | None = None
     threshold_policy: ThresholdPolicy | None = None
     teacher: TeacherRef | None = None
+    has_model: bool = True  # False: a stand-in card of a candidate that selected no epoch (nothing finite on validation)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> ModelCard:

@@ -168,3 +168,34 @@ def test_a_resubmitted_pipeline_run_gets_a_new_training_run(tmp_path: Path) -> N
     assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == parents[0].run_id
     assert client.get_run(other.run_id).data.tags["mlflow.parentRunId"] == parents[1].run_id
     assert (tmp_path / "work" / "tracking" / f"journal-{first.run_id}.jsonl").is_file()
+
+
+def test_a_candidate_without_a_model_loses_and_the_pipeline_goes_on(tmp_path: Path) -> None:
+    """A student whose validation criterion was never finite has no generator: it gets a stand-in card (no model, no
+    value), its evaluation and the comparison say so instead of failing the run, and the control is registered."""
+    from kfp.dsl import Artifact, Markdown, Metrics, Model
+
+    from components import compare, pick_winner
+    from sibeatgan.steps.protocol import choose_winner
+    from sibeatgan.steps.train import _stand_in_cards
+
+    card("control", 0.3, "val_normal_mse").write(tmp_path / "control")
+    _stand_in_cards(tmp_path, ["control"], ["student"])
+    stand_in = read_card(tmp_path / "student")
+    assert stand_in.kind == "student" and not stand_in.has_model and stand_in.validation_metric is None
+    assert choose_winner({"student": stand_in, "control": read_card(tmp_path / "control")})["winner"] == "control"
+
+    ev_s = Artifact(uri=str(tmp_path / "ev_s"), metadata={"kind": "student", "no_model": True})
+    ev_c = Artifact(uri=str(tmp_path / "ev_c"), metadata={"kind": "control"})
+    out = Artifact(uri=str(tmp_path / "cmp"))
+    compare.python_func(beats=Artifact(uri=str(tmp_path / "beats")), evaluation_a=ev_c, evaluation_b=ev_s, comparison=out,
+                        metrics=Metrics(uri=str(tmp_path / "m")), summary=Markdown(uri=str(tmp_path / "s.md")))
+    assert "no model" in json.loads((tmp_path / "cmp" / "compare.json").read_text())["skipped"]
+    (tmp_path / "ev_c").mkdir()
+    (tmp_path / "ev_s").mkdir(exist_ok=True)
+    won = Model(uri=str(tmp_path / "winner"))
+    pick_winner.python_func(student=Model(uri=str(tmp_path / "student")), control=Model(uri=str(tmp_path / "control")),
+                            student_evaluation=ev_s, control_evaluation=ev_c, comparison=out, winner=won,
+                            evaluation=Artifact(uri=str(tmp_path / "w_ev")), evidence=Artifact(uri=str(tmp_path / "evid")))
+    assert read_card(tmp_path / "winner").kind == "control"
+    assert json.loads((tmp_path / "evid" / "evidence.json").read_text())["winner"] == "control"

@@ -67,6 +67,19 @@ class MemberRuns:
             run.finish(MODEL_FILES, status)
 
 
+def _stand_in_cards(out: Path, with_model: list[str], without: list[str]) -> None:
+    """A candidate that selected no epoch (its validation criterion never finite) gets a stand-in card: a trained
+    sibling's, with its own kind, no validation value and `has_model` false, so the winner's choice counts it as lost."""
+    from sibeatgan.card import read_card
+
+    if not with_model:
+        return
+    sibling = read_card(out / with_model[0])
+    for name in without:
+        sibling.model_copy(update={"kind": name.split("-")[0], "validation_metric": None, "has_model": False, "epoch": None,
+                                   "threshold": None}).write(out / name)
+
+
 def candidate_configs(best: StudentConfig, seeds: Sequence[int] | None = None) -> dict[str, StudentConfig]:
     """The protocol's candidates: the student of `best` and its no-KD control, for `best`'s seed (named `student` and
     `control`) or for each of `seeds` (`student-s<seed>`, ..., then `control-s<seed>`, ...)."""
@@ -108,6 +121,8 @@ def run_train_candidates(best: StudentConfig, dataset: Path, teacher: Path, out:
         return {}
 
     tracked(callbacks, train_and_place, MODEL_FILES)
+    _stand_in_cards(out, [name for k, name in enumerate(members) if results[k].get("generator")],
+                    [name for k, name in enumerate(members) if not results[k].get("generator")])
     return {name: {**results[k], "folder": str(out / name),
                    "generator": str(out / name / "generator.pt") if results[k].get("generator") else None}
             for k, name in enumerate(members)}
