@@ -136,6 +136,7 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     control as one batched group, every model evaluated on the unit's test beats (and by its reconstruction error where
     it chose another score), the winner on validation."""
     from sibeatgan.config import EvaluateConfig, StudentConfig, replace
+    from sibeatgan.errors import SibeatganError
     from sibeatgan.files import write_json
     from sibeatgan.steps.protocol import run_protocol
 
@@ -149,17 +150,36 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     shutil.rmtree(work, ignore_errors=True)  # a unit is trained whole or not at all: nothing resumed from another attempt
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    teacher = _teacher(args, protocol, fold, seed, work / "teacher")
+    teacher: dict[str, Any] = {}
+    for attempt in (1, 2):  # bench/paper.md: a teacher that fails is trained once more with the same seed
+        try:
+            teacher = _teacher(args, protocol, fold, seed, work / "teacher")
+            break
+        except SibeatganError as err:
+            log.warning("%s: teacher attempt %d failed: %s", name, attempt, err)
+            shutil.rmtree(work / "teacher", ignore_errors=True)
     timings["teacher_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     best = replace(StudentConfig(**student), split=p["split"], fold=fold, selection=p["selection"], epochs=args.student_epochs,
                    max_train_beats=args.student_max_train_beats, device=args.device, seed=seed, score=p["score"])
-    result = run_protocol(best, args.dataset, work / "teacher", work, evaluate=EvaluateConfig(split=p["split"], device=args.device,
-                          n_bootstrap=args.eval_bootstrap, plots=False), extra_scores=("reconstruction",), extra_for=("student", "control"))
+    result: dict[str, Any] = {"trained": {}, "evaluations": {}, "figures": {}, "winner": None}
+    if teacher.get("generator"):
+        try:
+            result = run_protocol(best, args.dataset, work / "teacher", work, evaluate=EvaluateConfig(
+                split=p["split"], device=args.device, n_bootstrap=args.eval_bootstrap, plots=False), extra_scores=("reconstruction",),
+                extra_for=("student", "control"))
+        except SibeatganError as err:  # no candidate has a model: the unit is recorded as failed, never left to block the plan
+            log.warning("%s: %s", name, err)
+            if (work / "eval" / "teacher" / "evaluation.json").is_file():
+                result["evaluations"] = {"teacher": str(work / "eval" / "teacher")}
+                f = next(iter(json.loads((work / "eval" / "teacher" / "evaluation.json").read_text())["folds"].values()))
+                result["figures"] = {"teacher": {"auc": f["auc"], "ap": f["ap"], "auc_ci": f.get("auc_ci"),
+                                                 "f1_at_threshold": f["operating"]["f1"], "score": f.get("score"), "n": f["n"]}}
     timings["protocol_s"] = time.perf_counter() - t
     trained = result["trained"]
-    failed = [who for who in ("student", "control") if not trained[who].get("generator")]
+    failed = [who for who in ("teacher",) if not teacher.get("generator")]
+    failed += [who for who in ("student", "control") if not (trained.get(who) or {}).get("generator")]
     tmp = _staging(out, name)
     figures: dict[str, Any] = {}
     for who, folder in result["evaluations"].items():  # `student@reconstruction` is kept as eval/student_reconstruction
@@ -176,12 +196,12 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
             "protocol": protocol, "split": p["split"], "selection": p["selection"], "fold": fold, "seed": seed,
             "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures,
             "best": str(best_path) if best_path else "none (StudentConfig defaults, bench/paper.md)",
-            "student_config": student, "scores": {who: (trained[who].get("score") or {}).get("kind") for who in ("student", "control")},
-            "winner": result["winner"], "teacher_best_epoch": teacher["best_epoch"], "args": {k: str(v) for k, v in vars(args).items()}}
+            "student_config": student, "scores": {who: ((trained.get(who) or {}).get("score") or {}).get("kind") for who in ("student", "control")},
+            "winner": result["winner"], "teacher_best_epoch": teacher.get("best_epoch"), "args": {k: str(v) for k, v in vars(args).items()}}
     write_json(tmp / "unit.json", unit)
     _publish(tmp, out, name)
-    log.info("%s %s in %.0f s on %s: %s; %s wins on validation", name, unit["status"], unit["seconds"], unit["card"],
-             ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()), result["winner"]["winner"])
+    log.info("%s %s in %.0f s on %s: %s; winner on validation: %s", name, unit["status"], unit["seconds"], unit["card"],
+             ", ".join(f"{who} AUC {f['auc']:.4f} ({f['score']})" for who, f in figures.items()), (result["winner"] or {}).get("winner"))
     return unit
 
 
@@ -311,14 +331,17 @@ def primary(args: argparse.Namespace, done: dict[str, dict[str, Any]], work: Pat
     for name in planned:
         ev = args.results / name / "eval"
         student_ok, control_ok = (ev / "student").is_dir(), (ev / "control").is_dir()
+        if not (ev / "teacher").is_dir():
+            raise SystemExit(f"{name}: no teacher evaluation, so its failed student cannot be scored as a loss; rerun the unit")
         if not student_ok:
             failed.append(f"{name} (student: scored as a loss)")
             students.append(_substitute(ev / "teacher", work / "primary-subst" / name / "student", constant=True))
         else:
             students.append(ev / "student")
-        if not control_ok:
-            failed.append(f"{name} (control: takes the student's scores)")
-            controls.append(_substitute(students[-1], work / "primary-subst" / name / "control", constant=False))
+        if not control_ok:  # it takes the student's scores; when the student failed too, the teacher's (so it stays a loss)
+            failed.append(f"{name} (control: takes the {'student' if student_ok else 'teacher'}'s scores)")
+            controls.append(_substitute(students[-1] if student_ok else ev / "teacher", work / "primary-subst" / name / "control",
+                                        constant=False))
         else:
             controls.append(ev / "control")
     r = run_compare(EvaluateConfig(n_bootstrap=2000, seed=0), args.dataset, controls, students, args.results / "primary", level="unit+record")
