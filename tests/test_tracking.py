@@ -87,7 +87,7 @@ def test_local_sqlite_store_by_default(small_teacher: dict, tmp_path: Path, monk
     assert dataset_input.dataset.digest == "f" * 32
     assert {t.key: t.value for t in dataset_input.tags}["split_hash"] == "e" * 64
     assert {a.path for a in client.list_artifacts(tracker.run_id, "plots")} == {"plots/roc.png"}
-    assert (tmp_path / "mlartifacts").is_dir()  # artifacts beside the store, not in the working folder
+    assert (tmp_path / "runs" / "mlartifacts").is_dir()  # artifacts beside the store
 
 
 def test_unreachable_server_at_start_logs_locally_then_syncs(mlflow_env, tmp_path: Path,
