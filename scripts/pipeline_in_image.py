@@ -93,7 +93,9 @@ def start_podman_service(out: Path, stack: Stack) -> str:
 
 def start_mlflow(image: str, out: Path, port: int, admin_password: str, stack: Stack) -> str:
     data = out / "mlflow"
-    data.mkdir(parents=True, exist_ok=True)
+    # a fresh store: an old basic_auth.db keeps the admin password of an earlier run (then every call is 401)
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
     os.chown(data, 10001, 10001)  # the image's user owns the store
     (data / "basic_auth.ini").write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                                          "database_uri = sqlite:////mlflow/basic_auth.db\nadmin_username = admin\n")
@@ -122,7 +124,10 @@ def create_pipeline_user(image: str, url: str, admin_password: str, password: st
                   "-e", f"MLFLOW_TRACKING_URI={url}", "-e", f"MLFLOW_TRACKING_USERNAME={ADMIN}",
                   "-e", f"MLFLOW_TRACKING_PASSWORD={admin_password}", "-e", f"PIPELINE_USERNAME={PIPELINE_USER}",
                   "-e", f"PIPELINE_PASSWORD={password}", "-e", f"MLFLOW_EXPERIMENT_NAME={experiment}",
-                  "-e", f"SIBEATGAN_MODEL_NAME={model}", image, "python", "/scripts/mlflow-users.py", capture_output=True)
+                  "-e", f"SIBEATGAN_MODEL_NAME={model}", image, "python", "/scripts/mlflow-users.py", capture_output=True,
+                  check=False)
+    if proc.returncode != 0:  # its own message, not the command line (which holds both passwords)
+        raise SystemExit(f"pipeline-in-image: mlflow-users.py failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return proc.stdout
 
 
