@@ -306,6 +306,7 @@ def main() -> int:
             report["registered"] = {"name": model, "version": staged.version, "run_id": staged.run_id,
                                     "image_tag": MlflowClient(url).get_run(staged.run_id).data.tags.get("image")}
             report["teachers"] = summary.get("runs")
+            report["containers"] = summary.get("containers")
             print(f"pipeline-in-image: {model} version {staged.version} has alias staging")
         timings["total"] = round(time.monotonic() - t0, 1)
         report["ok"] = True
