@@ -14,8 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MLFLOW_DISABLE_TELEMETRY=true \
     MALLOC_MMAP_THRESHOLD_=4294967296 \
-    MALLOC_TRIM_THRESHOLD_=4294967296 \
-    SIBEATGAN_IMAGE=${IMAGE_NAME}
+    MALLOC_TRIM_THRESHOLD_=4294967296
 
 WORKDIR /opt/sibeatgan
 # Dependencies first (their layer is reused while only the code changes); --no-deps keeps the base's torch.
@@ -23,6 +22,8 @@ COPY requirements.lock ./
 RUN python -c "import torch, sys; print('base: python', sys.version.split()[0], 'torch', torch.__version__)" \
     && pip install --no-cache-dir --no-deps -r requirements.lock
 
+# After the dependencies: the name changes with every commit, and an ENV above them would rebuild their layer each time.
+ENV SIBEATGAN_IMAGE=${IMAGE_NAME}
 COPY pyproject.toml README.md ./
 COPY sibeatgan ./sibeatgan
 RUN pip install --no-cache-dir --no-deps . \

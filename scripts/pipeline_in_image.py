@@ -93,7 +93,9 @@ def start_podman_service(out: Path, stack: Stack) -> str:
 
 def start_mlflow(image: str, out: Path, port: int, admin_password: str, stack: Stack) -> str:
     data = out / "mlflow"
-    data.mkdir(parents=True, exist_ok=True)
+    # a fresh store: an old basic_auth.db keeps the admin password of an earlier run (then every call is 401)
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
     os.chown(data, 10001, 10001)  # the image's user owns the store
     (data / "basic_auth.ini").write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
                                          "database_uri = sqlite:////mlflow/basic_auth.db\nadmin_username = admin\n")
@@ -122,7 +124,10 @@ def create_pipeline_user(image: str, url: str, admin_password: str, password: st
                   "-e", f"MLFLOW_TRACKING_URI={url}", "-e", f"MLFLOW_TRACKING_USERNAME={ADMIN}",
                   "-e", f"MLFLOW_TRACKING_PASSWORD={admin_password}", "-e", f"PIPELINE_USERNAME={PIPELINE_USER}",
                   "-e", f"PIPELINE_PASSWORD={password}", "-e", f"MLFLOW_EXPERIMENT_NAME={experiment}",
-                  "-e", f"SIBEATGAN_MODEL_NAME={model}", image, "python", "/scripts/mlflow-users.py", capture_output=True)
+                  "-e", f"SIBEATGAN_MODEL_NAME={model}", image, "python", "/scripts/mlflow-users.py", capture_output=True,
+                  check=False)
+    if proc.returncode != 0:  # its own message, not the command line (which holds both passwords)
+        raise SystemExit(f"pipeline-in-image: mlflow-users.py failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return proc.stdout
 
 
@@ -186,11 +191,58 @@ def run_pipeline(image: str, docker_host: str, url: str, password: str, out: Pat
         # kfp mounts only the pipeline root; checkpoints and the Optuna journal are beside it, under OUT
         mounts=[docker.types.Mount(target=str(out), source=str(out), type="bind")],
     )
+    exit_codes = exact_exit_codes()
     from pipelines.local import run_pipeline_local
 
-    return run_pipeline_local(out=out / "run", folds=(0,), seeds=(0,), epochs=args.epochs, device="cpu", trials=args.trials,
+    summary = run_pipeline_local(out=out / "run", folds=(0,), seeds=(0,), epochs=args.epochs, device="cpu", trials=args.trials,
                               workers=args.workers, members_per_worker=1, tune_epochs=1, student_epochs=args.student_epochs,
                               mlflow_uri=url, runner=runner)
+    failed = [c for c in exit_codes if c["exit_code"] != 0]
+    if failed:  # kfp would have raised already; a belt to its braces
+        raise SystemExit(f"pipeline-in-image: {len(failed)} task container(s) exited non-zero: {failed}")
+    summary["containers"] = exit_codes
+    return summary
+
+
+def exact_exit_codes() -> list[dict]:
+    """Make kfp's DockerRunner report each task's real exit code; returns the list it appends to.
+
+    kfp 2.17's run_docker_container starts the container with auto_remove=True, so a container that exits before
+    wait() is already gone, and kfp then returns 0: a failed task read as SUCCESS (seen here: `synth` failed with
+    ModuleNotFoundError and the run stopped one task later on its missing output). This one keeps the container
+    until wait() has its exit code, then removes it.
+    """
+    import docker
+    from kfp.local import docker_task_handler as handler
+
+    codes: list[dict] = []
+
+    def run_docker_container(client, image: str, command: list, volumes: dict, **run_args) -> int:
+        image = handler.add_latest_tag_if_not_present(image=image)
+        if not any(image in (i.tags + i.attrs["RepoDigests"]) for i in client.images.list()):
+            raise SystemExit(f"pipeline-in-image: image {image} is not in podman's store")
+        start = time.monotonic()
+        container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                          volumes=volumes, **{k: v for k, v in run_args.items() if k != "auto_remove"})
+        created = time.monotonic() - start
+        try:
+            for line in container.logs(stream=True):
+                print(line.decode(errors="replace"), end="")
+            code = container.wait()["StatusCode"]
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        fn = command[command.index("--function_to_execute") + 1] if "--function_to_execute" in command else image
+        codes.append({"task": fn, "exit_code": code, "create_s": round(created, 1),
+                      "total_s": round(time.monotonic() - start, 1)})
+        print(f"pipeline-in-image: task {fn}: exit code {code}, container created in {created:.1f} s, "
+              f"{time.monotonic() - start:.1f} s in all", file=sys.stderr, flush=True)
+        return code
+
+    handler.run_docker_container = run_docker_container
+    return codes
 
 
 def main() -> int:
@@ -254,6 +306,7 @@ def main() -> int:
             report["registered"] = {"name": model, "version": staged.version, "run_id": staged.run_id,
                                     "image_tag": MlflowClient(url).get_run(staged.run_id).data.tags.get("image")}
             report["teachers"] = summary.get("runs")
+            report["containers"] = summary.get("containers")
             print(f"pipeline-in-image: {model} version {staged.version} has alias staging")
         timings["total"] = round(time.monotonic() - t0, 1)
         report["ok"] = True
