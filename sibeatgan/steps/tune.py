@@ -26,14 +26,11 @@ class StudentGroup:
 
 
 def study_params(tune: TuneConfig, student: StudentConfig) -> dict[str, str]:
-    """The study's settings as MLflow params, the storage URL without its password (every MLflow user reads params)."""
+    """The study's settings as MLflow params; `flatten` redacts the storage URL's password (every MLflow user reads params)."""
     from sibeatgan.config import to_dict
-    from sibeatgan.search import _redact
     from sibeatgan.tracking import flatten
 
-    params = {**flatten(to_dict(tune), "tune."), **flatten(to_dict(student), "student.")}
-    params["tune.storage"] = _redact(str(tune.storage or ""))
-    return params
+    return {**flatten(to_dict(tune), "tune."), **flatten(to_dict(student), "student.")}
 
 
 def start_study_run(tune: TuneConfig, student: StudentConfig, tracking: Any, out: Path, **tags: Any) -> str | None:
