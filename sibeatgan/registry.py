@@ -367,6 +367,12 @@ def _live(lock: dict[str, Any]) -> bool:
     return time.time() < float(lock.get("expires", 0))
 
 
+def _duplicate_key(err: Exception) -> bool:
+    """Whether a tag write failed because a concurrent writer inserted the same key first (PostgreSQL, MySQL, SQLite)."""
+    text = str(err).lower()
+    return any(m in text for m in ("uniqueviolation", "duplicate key", "unique constraint", "duplicate entry"))
+
+
 def _describe(lock: dict[str, Any]) -> str:
     until = time.strftime("%H:%M:%SZ", time.gmtime(float(lock.get("expires", 0))))
     return f"held by {lock.get('who')!r} on {lock.get('host')} (pid {lock.get('pid')}) since {lock.get('since')}, expires {until}"
@@ -385,7 +391,13 @@ def _acquire(client: Any, name: str, alias: str, ttl_s: float, settle_s: float, 
         token = uuid.uuid4().hex
         mine = {"token": token, "who": _who(), "host": socket.gethostname(), "pid": os.getpid(), "since": _now(),
                 "expires": time.time() + ttl_s, "ttl_s": ttl_s}
-        client.set_registered_model_tag(name, key, json.dumps(mine))
+        try:
+            client.set_registered_model_tag(name, key, json.dumps(mine))
+        except Exception as err:  # noqa: BLE001 - only a lost write race is turned into PromotionBusy
+            if _duplicate_key(err):  # two writers inserted the tag at once; the store kept the other's
+                raise PromotionBusy(f"another promotion of {name}@{alias} wrote the lock at the same moment and won it; "
+                                    f"nothing was moved") from None
+            raise
         lease = _Lease(client, name, alias, token, start + ttl_s, settle_s)
         if time.monotonic() - start <= 0.8 * settle_s:  # our read saw it free less than settle_s before our write took effect
             break

@@ -68,12 +68,15 @@ def test_pipeline_run_end_to_end_and_what_mlflow_shows(tmp_path: Path) -> None:
     assert _one(out / "checkpoints", "teacher-f0-s0-*/checkpoint.pt").is_file(), "the teacher trained under checkpoint_root"
     evidence = json.loads((_one(kfp_root, "si-beatgan-*/pick-winner/evidence") / "evidence.json").read_text())
     assert evidence["winner"] == reg["kind"] and evidence["candidates"] == ["student", "control"]
+    seeds = set()
     for name in ("student", "control"):
         model = _one(kfp_root, f"si-beatgan-*/train-candidates/{name}")
         card = json.loads((model / "model_card.json").read_text())
+        seeds.add(card["seed"])
         assert card["kind"] == name and card["validation_metric"] == evidence["validation"][name]
         assert json.loads((model / "metrics.json").read_text())["history"][-1]["epoch"] == 2, "student_epochs, not tune_epochs"
 
+    (seed,) = seeds  # the best trial's seed (each trial has its own), shared by the student and its control
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -84,14 +87,15 @@ def test_pipeline_run_end_to_end_and_what_mlflow_shows(tmp_path: Path) -> None:
     assert parent.info.status == "FINISHED" and parent.data.tags["registered_version"] == "1"
     children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     names = sorted(r.info.run_name for r in children)
-    for wanted in ("teacher-f0-s0", "student-f0-s0", "control-f0-s0", "evaluate-teacher-s0", "evaluate-student-s0", "evaluate-control-s0",
+    for wanted in ("teacher-f0-s0", f"student-f0-s{seed}", f"control-f0-s{seed}", "evaluate-teacher-s0", f"evaluate-student-s{seed}",
+                   f"evaluate-control-s{seed}",
                    "compare-student-vs-control", "preprocess", "validate-records", "validate-beats"):
         assert wanted in names, f"{wanted} not among {names}"
     by_name = {r.info.run_name: r for r in children}
-    for name in ("teacher-f0-s0", "student-f0-s0", "control-f0-s0"):
+    for name in ("teacher-f0-s0", f"student-f0-s{seed}", f"control-f0-s{seed}"):
         history = client.get_metric_history(by_name[name].info.run_id, "val_normal_mse")
         assert len(history) >= 1 and by_name[name].info.status == "FINISHED", name
-    assert len(client.get_metric_history(by_name["student-f0-s0"].info.run_id, "val_normal_mse")) == 2, "one point per epoch"
+    assert len(client.get_metric_history(by_name[f"student-f0-s{seed}"].info.run_id, "val_normal_mse")) == 2, "one point per epoch"
     (study,) = [r for r in children if "optuna.study" in r.data.tags]
     assert study.info.status == "FINISHED" and "best_value" in study.data.metrics
     assert {a.path for a in client.list_artifacts(study.info.run_id, "plots")} >= {"plots/history.png"}
@@ -111,7 +115,7 @@ def test_pipeline_run_end_to_end_and_what_mlflow_shows(tmp_path: Path) -> None:
     logged = {a.path for a in client.list_artifacts(staging.run_id, "evaluation")}
     assert {"evaluation/model_card.json", "evaluation/evidence.json", "evaluation/comparison.txt"} <= logged
 
-    _ui_shows_the_runs(uri, tmp_path, experiment.experiment_id, parent.info.run_id, staging.version)
+    _ui_shows_the_runs(uri, tmp_path, experiment.experiment_id, parent.info.run_id, staging.version, seed)
 
     # No search: the teacher is registered and staging moves to it, in the same store.
     again, _ = _run(tmp_path, TINY, "--trials", "0")
@@ -134,7 +138,7 @@ def test_failing_gate_stops_the_run_before_training(tmp_path: Path) -> None:
     assert not list((tmp_path / "run" / "kfp").rglob("preprocess"))
 
 
-def _ui_shows_the_runs(uri: str, tmp_path: Path, experiment_id: str, parent_id: str, version: str) -> None:
+def _ui_shows_the_runs(uri: str, tmp_path: Path, experiment_id: str, parent_id: str, version: str, seed: int) -> None:
     """`mlflow ui` on the store the run wrote, in headless Chromium: the parent run with its step runs nested under it, and
     the registered version with its winner tag."""
     import shutil
@@ -159,7 +163,7 @@ def _ui_shows_the_runs(uri: str, tmp_path: Path, experiment_id: str, parent_id: 
                 page.set_default_timeout(90_000)
                 body = page.locator("body")
                 page.goto(f"{url}/#/experiments/{experiment_id}/runs/{parent_id}")  # its child runs are listed on it
-                for text in ("registered_version", "teacher-f0-s0", "student-f0-s0", "control-f0-s0", "compare-student-vs-control"):
+                for text in ("registered_version", "teacher-f0-s0", f"student-f0-s{seed}", f"control-f0-s{seed}", "compare-student-vs-control"):
                     sync_api.expect(body).to_contain_text(text, timeout=90_000)
                 page.screenshot(path=str(tmp_path / "parent.png"), full_page=True)
                 page.goto(f"{url}/#/experiments/{experiment_id}/runs")

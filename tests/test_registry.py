@@ -98,7 +98,7 @@ def test_promotion_race_one_wins(mlflow_env, small_teacher: dict, tmp_path: Path
     def attempt() -> None:
         try:
             outcomes.append(promote(name, n_bootstrap=50, lock_settle_s=4.0, on_decided=lambda record: barrier.wait()))
-        except PromotionRefused as err:
+        except Exception as err:  # noqa: BLE001 - any other error shows in the assertion below
             outcomes.append(err)
 
     threads = [threading.Thread(target=attempt) for _ in range(2)]
@@ -113,6 +113,30 @@ def test_promotion_race_one_wins(mlflow_env, small_teacher: dict, tmp_path: Path
     assert _alias(name, "production") == v1["version"]
     trail = history(name)
     assert len(trail) == 1 and trail[0]["generation"] == 1 and trail[0]["version"] == v1["version"]
+
+
+def test_a_lost_insert_race_on_the_lock_tag_is_busy_not_a_server_error() -> None:
+    """Two promotions that both see the lock free insert its tag at once; PostgreSQL keeps one and refuses the other's
+    insert with a unique violation (seen in CI). The loser must hear PromotionBusy, nothing moved, not a server error."""
+    from mlflow.exceptions import MlflowException
+
+    from sibeatgan.registry import _acquire
+
+    class Store:
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+        def get_registered_model(self, name: str):
+            return type("Model", (), {"tags": {}})()
+
+        def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+            raise MlflowException(self.message)
+
+    lost = ('(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "registered_model_tag_pk"')
+    with pytest.raises(PromotionBusy, match="at the same moment"):
+        _acquire(Store(lost), "m", "production", ttl_s=60, settle_s=0.1)
+    with pytest.raises(MlflowException, match="permission"):  # any other failure is not a lost race
+        _acquire(Store("PERMISSION_DENIED: permission denied"), "m", "production", ttl_s=60, settle_s=0.1)
 
 
 def test_user_without_permission_cannot_move_production(mlflow_env, small_teacher: dict, tmp_path: Path,
