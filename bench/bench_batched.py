@@ -1,7 +1,9 @@
-"""Benchmark of K students trained at once (BatchedStudentTrainer) against K sequential single runs (StudentTrainer).
+"""Benchmark of K models trained at once against K sequential single runs: students (BatchedStudentTrainer against
+StudentTrainer) or teachers of K different (fold, seed) pairs (BatchedTeacherTrainer against TeacherTrainer).
 
 Needs only torch and numpy. Beats are synthetic (bench_teacher.synthetic), the teacher a freshly drawn
-Generator: throughput does not depend on what the weights are. K sequential runs take K times one run's
+Generator: throughput does not depend on what the weights are. Batched teachers each train on their own subset
+of the beats (as folds do), in their own order. K sequential runs take K times one run's
 time, so their aggregate beats/s is one run's beats/s; a batched run's aggregate is K * batch * steps / time.
 Each figure is the fastest of `--repeats` timed epochs after one warm-up epoch (on CUDA the warm-up epoch
 also captures the CUDA graph), the runs interleaved so that load from other processes hits both alike.
@@ -11,6 +13,7 @@ CPU shared with other jobs they measure the work done rather than the share of t
     PYTHONPATH=. python bench/bench_batched.py --device cpu --steps 2 --members 1,4,8,16
     PYTHONPATH=. python bench/bench_batched.py --device cuda --steps 50 --batch-size 64 --json bench/batched_gpu.json
     PYTHONPATH=. python bench/bench_batched.py --device cuda --impl grouped,loop   # both kernels of the members' convolutions
+    PYTHONPATH=. python bench/bench_batched.py --model teacher --device cuda --amp --members 1,4,8   # K teachers (gpu_batched_teacher.sh)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,10 +37,32 @@ from bench_teacher import synthetic  # noqa: E402
 from sibeatgan.device import select  # noqa: E402
 from sibeatgan.models import Generator  # noqa: E402
 from sibeatgan.models.batched import set_impl  # noqa: E402
+from sibeatgan.train.batched_teacher import BatchedTeacherTrainer  # noqa: E402
 from sibeatgan.train.student import BatchedStudentTrainer, StudentTrainer  # noqa: E402
+from sibeatgan.train.teacher import TeacherTrainer  # noqa: E402
+
+
+def make_teacher(kind: str, k: int, args: argparse.Namespace, impl: str):
+    """One TeacherTrainer on steps * batch beats, or K members, each on its own steps * batch of twice as many."""
+    rt = select(args.device, amp=args.amp, cuda_graph=not args.no_graph)
+    common = dict(nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch_size)
+    n = args.batch_size * args.steps
+    if kind == "single":
+        trainer = TeacherTrainer(1, args.length, rt, seed=0, **common)
+        trainer.set_train_data(torch.from_numpy(synthetic(n, args.length)))
+        return trainer, rt
+    rng = np.random.default_rng(0)
+    sets = [np.sort(rng.choice(2 * n, size=n, replace=False)) for _ in range(k)]
+    trainer = BatchedTeacherTrainer(1, args.length, rt, sets, list(range(k)), **common)
+    set_impl(trainer.G, impl)
+    set_impl(trainer.D, impl)
+    trainer.set_train_data(torch.from_numpy(synthetic(2 * n, args.length)))
+    return trainer, rt
 
 
 def make(kind: str, k: int, args: argparse.Namespace, impl: str):
+    if args.model == "teacher":
+        return make_teacher(kind, k, args, impl)
     rt = select(args.device, amp=args.amp, cuda_graph=not args.no_graph)
     torch.manual_seed(0)
     teacher = Generator(1, args.length, args.nz, args.ngf)
@@ -56,6 +82,7 @@ def make(kind: str, k: int, args: argparse.Namespace, impl: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto")
+    p.add_argument("--model", choices=("student", "teacher"), default="student", help="what the members are")
     p.add_argument("--members", default="1,4,8,16", help="comma-separated K")
     p.add_argument("--impl", default="auto", help="comma-separated: auto, grouped, loop (how member convolutions run)")
     p.add_argument("--steps", type=int, default=2, help="steps per timed epoch")
@@ -100,15 +127,17 @@ def main() -> None:
         if kind == "single":
             continue
         per_cpu = k * beats / cpu[(kind, k, impl)]
-        rows.append({"K": k, "impl": impl, "batched_beats_per_s": k * beats / seconds, "sequential_beats_per_s": single,
+        rows.append({"K": k, "impl": impl, "graph_captured": runs[(kind, k, impl)][0]._captured,
+                     "batched_beats_per_s": k * beats / seconds, "sequential_beats_per_s": single,
                      "speedup_vs_sequential": k * beats / seconds / single, "step_ms": 1e3 * seconds / args.steps,
                      "batched_beats_per_cpu_s": per_cpu, "sequential_beats_per_cpu_s": single_cpu, "cpu_speedup": per_cpu / single_cpu})
     result = {
-        "device": rt.describe(), "torch": torch.__version__, "platform": platform.platform(), "processor": platform.processor(),
+        "model": args.model, "device": rt.describe(), "torch": torch.__version__, "platform": platform.platform(), "processor": platform.processor(),
         "threads": torch.get_num_threads(), "args": {k: str(v) for k, v in vars(args).items()},
-        "single_beats_per_s": single, "single_step_ms": 1e3 * best[("single", 1, "-")] / args.steps, "rows": rows,
+        "single_beats_per_s": single, "single_graph_captured": runs[("single", 1, "-")][0]._captured,
+        "single_step_ms": 1e3 * best[("single", 1, "-")] / args.steps, "rows": rows,
     }
-    print(f"device {rt.describe()}; one run: {single:,.0f} beats/s ({result['single_step_ms']:.1f} ms/step)")
+    print(f"{args.model}s on {rt.describe()}; one run: {single:,.0f} beats/s ({result['single_step_ms']:.1f} ms/step)")
     print(f"{'K':>3} {'impl':>8} {'batched b/s':>12} {'sequential b/s':>15} {'speedup':>8} {'b/cpu-s':>9} {'seq b/cpu-s':>12} {'cpu speedup':>12}")
     for r in rows:
         print(f"{r['K']:>3} {r['impl']:>8} {r['batched_beats_per_s']:>12,.0f} {r['sequential_beats_per_s']:>15,.0f} {r['speedup_vs_sequential']:>8.2f}"

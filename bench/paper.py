@@ -116,6 +116,28 @@ def _teacher(args: argparse.Namespace, protocol: str, fold: int, seed: int, out:
                                            device=args.device, max_train_beats=args.teacher_max_train_beats), args.dataset, out)
 
 
+def _teacher_group(args: argparse.Namespace, units: list[tuple[str, int, int]]) -> tuple[dict[tuple[int, int], dict[str, Any]], float]:
+    """The teachers of several units of one protocol as one batched group (`--teacher-group`; sibeatgan.train.batched_teacher):
+    {(fold, seed): its training result (`generator` None when it selected no epoch)}, and the group's seconds. A group
+    that fails as a whole leaves every unit to train its own teacher."""
+    from sibeatgan.config import TeacherConfig
+    from sibeatgan.errors import SibeatganError
+    from sibeatgan.steps.train import run_train_teacher_group
+
+    p = PROTOCOLS[units[0][0]]
+    configs = [TeacherConfig(split=p["split"], fold=fold, selection=p["selection"], epochs=args.teacher_epochs, seed=seed, device=args.device,
+                             max_train_beats=args.teacher_max_train_beats) for _, fold, seed in units]
+    folder = args.work / ("group-" + "-".join(unit_name(*u) for u in units))
+    shutil.rmtree(folder, ignore_errors=True)
+    t = time.perf_counter()
+    try:
+        done = run_train_teacher_group(configs, args.dataset, folder)
+    except SibeatganError as err:
+        log.warning("the teacher group %s failed (%s); each unit trains its own teacher", [unit_name(*u) for u in units], err)
+        return {}, time.perf_counter() - t
+    return {(c.fold, c.seed): result for c, result in zip(configs, done.values())}, time.perf_counter() - t
+
+
 def _staging(out: Path, name: str) -> Path:
     """An empty `.name.partial` folder in `out`, where a unit is written before `_publish` puts it in place."""
     tmp = out / f".{name}.partial"
@@ -131,10 +153,12 @@ def _publish(tmp: Path, out: Path, name: str) -> None:
     tmp.rename(final)
 
 
-def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, results: list[Path], out: Path) -> dict[str, Any]:
+def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, results: list[Path], out: Path,
+             grouped: tuple[dict[str, Any], float, int] | None = None) -> dict[str, Any]:
     """One unit: its teacher, then the shared protocol (sibeatgan.steps.protocol.run_protocol): the best student and its
     control as one batched group, every model evaluated on the unit's test beats (and by its reconstruction error where
-    it chose another score), the winner on validation."""
+    it chose another score), the winner on validation. `grouped`: its teacher already trained in a group of units
+    (the result, the group's seconds, the group's size); a group member that selected no epoch was its first attempt."""
     from sibeatgan.config import EvaluateConfig, StudentConfig, replace
     from sibeatgan.errors import SibeatganError
     from sibeatgan.files import write_json
@@ -151,14 +175,25 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     timings: dict[str, float] = {}
     t = time.perf_counter()
     teacher: dict[str, Any] = {}
-    for attempt in (1, 2):  # bench/paper.md: a teacher that fails is trained once more with the same seed
+    attempts: tuple[int, ...] = (1, 2)
+    if grouped is not None:  # its share of the group's time; the group's member folder becomes the unit's teacher
+        result, seconds, size = grouped
+        timings["teacher_s"] = seconds / size
+        if result.get("generator"):
+            shutil.copytree(result["folder"], work / "teacher")
+            teacher = {**result, "generator": str(work / "teacher" / "generator.pt")}
+            attempts = ()
+        else:
+            log.warning("%s: its teacher selected no epoch in the group; trained once more on its own", name)
+            attempts = (2,)
+    for attempt in attempts:  # bench/paper.md: a teacher that fails is trained once more with the same seed
         try:
             teacher = _teacher(args, protocol, fold, seed, work / "teacher")
             break
         except SibeatganError as err:
             log.warning("%s: teacher attempt %d failed: %s", name, attempt, err)
             shutil.rmtree(work / "teacher", ignore_errors=True)
-    timings["teacher_s"] = time.perf_counter() - t
+    timings["teacher_s"] = timings.get("teacher_s", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
     best = replace(StudentConfig(**student), split=p["split"], fold=fold, selection=p["selection"], epochs=args.student_epochs,
@@ -194,7 +229,7 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
                 shutil.copy2(f, target)
     unit = {"unit": name, "status": f"failed ({', '.join(failed)}: no model selected)" if failed else "done",
             "protocol": protocol, "split": p["split"], "selection": p["selection"], "fold": fold, "seed": seed,
-            "card": card(), "timings": timings, "seconds": sum(timings.values()), "figures": figures,
+            "card": card(), "teacher_group": grouped[2] if grouped else 1, "timings": timings, "seconds": sum(timings.values()), "figures": figures,
             "best": str(best_path) if best_path else "none (StudentConfig defaults, bench/paper.md)",
             "student_config": student, "scores": {who: ((trained.get(who) or {}).get("score") or {}).get("kind") for who in ("student", "control")},
             "winner": result["winner"], "teacher_best_epoch": teacher.get("best_epoch"), "args": {k: str(v) for k, v in vars(args).items()}}
@@ -251,22 +286,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     this_card = card()
     ran: list[str] = []
 
-    def fits(name: str, kind: str) -> bool:
-        """Whether another unit of `kind` (unit or search) fits in what is left of the budget (the first always runs)."""
-        if args.units and len(ran) >= args.units:
+    def fits(name: str, kind: str, count: int = 1) -> bool:
+        """Whether `count` more units of `kind` (unit or search) fit in what is left of the budget (the first single one
+        always runs; a unit's seconds are those measured on this card, or --assume-s)."""
+        if args.units and len(ran) + count > args.units:
             return False
         done = list(done_units(out, *results).values()) + [json.loads(f.read_text()) for d in (out, *results)
                                                            for f in sorted(Path(d).glob("*-search/search.json"))]
         same = [u["seconds"] for u in done if u.get("card") == this_card and u["unit"].endswith("-search") == (kind == "search")]
-        estimate = max(same) if same else args.assume_s
+        estimate = count * (max(same) if same else args.assume_s)
         left = args.budget_s - (time.perf_counter() - started)
-        if ran and estimate > left:
+        if (ran or count > 1) and estimate > left:
             log.info("stopping before %s: %.0f s left, it takes about %.0f s on %s%s", name, left, estimate, this_card,
                      "" if same else " (none measured yet: --assume-s)")
             return False
         return True
 
-    for protocol, fold, seed in plan(protocols, seeds):
+    if args.teacher_group > 1 and args.search:
+        raise SystemExit("--teacher-group trains the teachers of primary units together; it does not run with --search")
+    pending = [u for u in plan(protocols, seeds) if unit_name(*u) not in done_units(out, *results)]
+    while args.teacher_group > 1 and pending:  # groups of up to K consecutive units of one protocol
+        group = [u for u in pending[: args.teacher_group] if u[0] == pending[0][0]]
+        while len(group) > 1 and not fits(f"a teacher group of {len(group)}", "unit", len(group)):
+            group = group[:-1]
+        if not fits(unit_name(*group[0]), "unit"):
+            break
+        teachers, seconds = _teacher_group(args, group)
+        for protocol, fold, seed in group:
+            ran.append(run_unit(args, protocol, fold, seed, results, out, (teachers.get((fold, seed), {}), seconds, len(group)))["unit"])
+        pending = pending[len(group):]
+    for protocol, fold, seed in plan(protocols, seeds) if args.teacher_group <= 1 else []:
         name = unit_name(protocol, fold, seed)
         if name in done_units(out, *results):
             continue
@@ -447,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--assume-s", type=float, default=400.0, help="a unit's seconds until one has been measured on this card")
     r.add_argument("--teacher-epochs", type=int, default=100)
     r.add_argument("--teacher-max-train-beats", type=int, default=None)
+    r.add_argument("--teacher-group", type=int, default=1, help="train the teachers of up to this many units as one batched group")
     r.add_argument("--trials", type=int, default=16)
     r.add_argument("--group-size", type=int, default=8)
     r.add_argument("--tune-epochs", type=int, default=6)

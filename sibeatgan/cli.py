@@ -19,7 +19,7 @@ app = typer.Typer(
     help=(
         "SI-BeatGAN: ECG anomaly detection on MIT-BIH.\n\n"
         "Steps, in pipeline order: synth (demo data) -> ingest -> validate -> preprocess (writes the default split) -> "
-        "[split] -> train-teacher -> evaluate -> compare. `sibeatgan demo` runs them all on synthetic data."
+        "split (optional, for another split) -> train-teacher -> evaluate -> compare. `sibeatgan demo` runs them all on synthetic data."
     ),
     no_args_is_help=True,
     add_completion=False,

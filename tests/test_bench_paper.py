@@ -108,3 +108,24 @@ def test_a_failed_student_is_scored_as_a_loss(tmp_path):
         assert (npz["scores"] == 0).all() and list(npz["labels"]) == [0, 1, 0, 1]
     same = _substitute(lost, tmp_path / "control", constant=False)
     assert (same / "evaluation.json").is_file()
+
+
+def test_teacher_group_trains_the_units_teachers_together(dataset, tmp_path):
+    """--teacher-group 2: the teachers of two units (fold 0 and fold 1, seed 0) train as one batched group; each unit then
+    runs as before on its own teacher (its card names its own fold), and records its share of the group's time."""
+    results, out = tmp_path / "results", tmp_path / "out"
+    no_search = [a for a in TINY if a != "--search"]
+    r = paper("run", str(dataset), "--results", str(results), "--out", str(out), "--work", str(tmp_path / "work"), "--units", "2",
+              "--budget-s", "100000", "--teacher-group", "2", *no_search)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout[r.stdout.index("{"):])["ran"] == ["beatgan-f0-s0", "beatgan-f1-s0"]
+    assert "2 teachers as one batched group" in r.stderr
+    for fold in (0, 1):
+        unit = json.loads((out / f"beatgan-f{fold}-s0" / "unit.json").read_text())
+        assert unit["status"] == "done" and unit["teacher_group"] == 2 and unit["timings"]["teacher_s"] > 0
+        card = json.loads((out / f"beatgan-f{fold}-s0" / "train" / "teacher" / "model_card.json").read_text())
+        assert (card["fold"], card["seed"]) == (fold, 0)
+        assert (out / f"beatgan-f{fold}-s0" / "eval" / "student" / f"fold_{fold}" / "scores.npz").is_file()
+    assert not list(out.rglob("*.pt"))
+    r = paper("run", str(dataset), "--results", str(results), "--out", str(out), "--teacher-group", "2", "--search", *no_search)
+    assert r.returncode != 0 and "does not run with --search" in r.stderr

@@ -15,8 +15,9 @@ members that may move (pruned or diverged members stay frozen, their NaNs never 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -208,3 +209,31 @@ def bn_running(module: nn.Module) -> list[torch.Tensor]:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
             out += [m.running_mean, m.running_var]
     return out
+
+
+@torch.no_grad()
+def per_beat(module: nn.Module, members: int, x: torch.Tensor | np.ndarray, batch_size: int, device: torch.device | str,
+             fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """(K, n): fn of each batch of x (on `device`, in batches of `batch_size`) with `module` in eval mode, put back after."""
+    x = torch.as_tensor(x)
+    out = torch.empty(members, x.shape[0], dtype=torch.float32, device=device)
+    was = module.training
+    module.eval()
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(device, torch.float32)
+            out[:, start : start + xb.shape[0]] = fn(xb)
+    finally:
+        module.train(was)
+    return out.cpu().numpy()
+
+
+def reconstruction_errors(G: nn.Module, members: int, x: torch.Tensor | np.ndarray, batch_size: int, device: torch.device | str) -> np.ndarray:
+    """(K, n): each member of the grouped generator G's mean squared reconstruction error of each beat of x (every
+    member sees every beat)."""
+
+    def rec_error(xb: torch.Tensor) -> torch.Tensor:
+        rec = to_members(G(xb.repeat(1, members, 1)).reconstruction.float(), members)
+        return (rec - xb).pow(2).flatten(2).mean(-1)
+
+    return per_beat(G, members, x, batch_size, device, rec_error)

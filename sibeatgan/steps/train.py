@@ -51,7 +51,7 @@ class MemberRuns:
 
     def on_fit_start(self, info: dict[str, Any]) -> None:
         for run, conf in zip(self.runs, self.configs):
-            run.on_fit_start({**info, "config": conf, "members": None})
+            run.on_fit_start({**info, "config": conf, "members": None, "fold": conf.get("fold", info.get("fold"))})
 
     def on_epoch_end(self, epoch: int, rows: Any, control: Any) -> None:
         for run, row in zip(self.runs, rows):
@@ -65,6 +65,54 @@ class MemberRuns:
     def finish(self, files: Any = (), status: str = "FINISHED") -> None:
         for run in self.runs:
             run.finish(MODEL_FILES, status)
+
+
+def _place_members(group: Path, out: Path, names: list[str]) -> None:
+    """A batched group's member_<k>/ files copied into `out/<names[k]>`, each with its own metrics.json."""
+    rows = json.loads((group / "metrics.json").read_text())
+    rows = rows.get("members", [rows])
+    for k, name in enumerate(names):
+        src, dst = group / f"member_{k}" if len(names) > 1 else group, out / name  # one member: `fit` writes no member_0/
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir() if src.is_dir() else ():
+            if f.is_file() and f.name not in ("checkpoint.pt", "metrics.json"):
+                shutil.copy2(f, dst / f.name)
+        write_json(dst / "metrics.json", rows[k])
+
+
+def teacher_name(config: TeacherConfig) -> str:
+    return f"teacher-f{config.fold}-s{config.seed}"
+
+
+def run_train_teacher_group(configs: Sequence[TeacherConfig], dataset: Path, out: Path, tracking: TrackingConfig | None = None,
+                            resume: bool = True, split: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Teachers of several (fold, seed) pairs trained as one batched group (sibeatgan.train.batched_teacher), each written
+    as the model folder `out/teacher-f<fold>-s<seed>` that `run_train_teacher` would write (generator.pt, model_card.json,
+    metrics.json), each its own MLflow run with `tracking`. Returns {name: the member's training result, with `folder`
+    and `generator` (None for a member with no finite validation epoch)}."""
+    from sibeatgan.config import to_dict
+    from sibeatgan.train.batched_teacher import run_train_teachers
+
+    out = Path(out)
+    names = [teacher_name(c) for c in configs]
+    runs = [StepRun(tracking, "train-teacher", out / name, name, protocol=c.split, device=c.device, fold=c.fold, seed=c.seed,
+                    kind="teacher") for name, c in zip(names, configs)] if tracking else []
+    callbacks = [MemberRuns(runs, [to_dict(c) for c in configs])] if runs else []
+    for name in names:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    group = out / "group"
+    results: list[dict[str, Any]] = []
+
+    def train_and_place(cbs: list[Any]) -> dict[str, Any]:
+        done = run_train_teachers(list(configs), dataset, group, resume=resume, split=split, callbacks=cbs)
+        results.extend(done.get("members", [done]))
+        _place_members(group, out, names)
+        return {}
+
+    tracked(callbacks, train_and_place, MODEL_FILES)
+    return {name: {**results[k], "folder": str(out / name),
+                   "generator": str(out / name / "generator.pt") if results[k].get("generator") else None}
+            for k, name in enumerate(names)}
 
 
 def _stand_in_cards(out: Path, with_model: list[str], without: list[str]) -> None:
@@ -111,13 +159,7 @@ def run_train_candidates(best: StudentConfig, dataset: Path, teacher: Path, out:
 
     def train_and_place(cbs: list[Any]) -> dict[str, Any]:
         results.extend(train_student_group(list(members.values()), dataset, teacher, group, cbs, split, resume=resume))
-        rows = json.loads((group / "metrics.json").read_text())
-        rows = rows.get("members", [rows])
-        for k, name in enumerate(members):  # before the runs end, so each logs its own model folder's files
-            src, dst = group / f"member_{k}", out / name
-            for f in src.iterdir() if src.is_dir() else ():
-                shutil.copy2(f, dst / f.name)
-            write_json(dst / "metrics.json", rows[k])
+        _place_members(group, out, list(members))  # before the runs end, so each logs its own model folder's files
         return {}
 
     tracked(callbacks, train_and_place, MODEL_FILES)

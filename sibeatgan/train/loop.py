@@ -129,9 +129,17 @@ class StepTrainer:
         """One update on the batch train_x[idx], adding its losses to `sums`; the same callable runs eagerly and captured."""
         raise NotImplementedError
 
+    def epoch_steps(self, n: int) -> int:
+        """How many steps this epoch has over n training beats (the last partial batch dropped)."""
+        return n // self.batch_size
+
     def epoch_order(self, n: int) -> torch.Tensor:
         """This epoch's order of the n training beats, on the device: (n,), or (members, n) for one order per member."""
         return torch.randperm(n, generator=self.perm_gen, device=self.rt.device)
+
+    def trained_beats(self, steps: int) -> int:
+        """Beats trained on in an epoch of `steps` steps, all members together."""
+        return steps * self.batch_size * self.members
 
     def epoch_losses(self, steps: int) -> dict[str, Any]:
         """The epoch's mean losses from `sums`: the epoch's one read of the device."""
@@ -175,7 +183,7 @@ def run_epoch(trainer: StepTrainer, on_step: Callable[[int, int], None] | None =
     if trainer.train_x is None:
         raise RuntimeError("set_train_data first")
     n, b = trainer.train_x.shape[0], trainer.batch_size
-    steps = n // b
+    steps = trainer.epoch_steps(n)
     trainer.train_mode()
     trainer.sums.zero_()
     start = time.perf_counter()
@@ -187,7 +195,7 @@ def run_epoch(trainer: StepTrainer, on_step: Callable[[int, int], None] | None =
             on_step(i + 1, steps)
     out = trainer.epoch_losses(steps)
     seconds = time.perf_counter() - start
-    beats = steps * b * trainer.members
+    beats = trainer.trained_beats(steps)
     out.update(steps=steps, beats=beats, train_seconds=seconds, beats_per_s=beats / seconds)
     return out
 
@@ -213,8 +221,20 @@ class Trainer(Protocol):
 
 
 @dataclass
+class MemberSplit:
+    """One member's own part of a FitData that members of different folds share (batched teachers of several
+    (fold, seed) pairs): its validation beats as indices into `FitData.val_x`, its fold and its training set's size."""
+
+    val: np.ndarray
+    fold: int
+    n_train: int
+
+
+@dataclass
 class FitData:
-    """Training and validation beats of one split (host tensors; `fit` moves them to the device once)."""
+    """Training and validation beats of one split (host tensors; `fit` moves them to the device once). With `members`,
+    each member is validated on its own part of `val_x` and saved with its own fold; the trainer knows which
+    training beats are whose."""
 
     train_x: torch.Tensor
     val_x: torch.Tensor
@@ -223,6 +243,7 @@ class FitData:
     split_hash: str
     protocol: str
     fold: int
+    members: list[MemberSplit] | None = None
 
 
 @dataclass
@@ -333,9 +354,13 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
     out.mkdir(parents=True, exist_ok=True)
     K = int(trainer.members)
     val_labels = np.asarray(data.val_labels)
-    val_normal = val_labels == 0
-    if not val_normal.any():
-        raise CheckpointError("the validation split holds no normal beats; cannot select a model")
+    if data.members is not None and len(data.members) != K:
+        raise ConfigError(f"{len(data.members)} member splits for a trainer of {K} members")
+    own = [slice(None) if data.members is None else np.asarray(data.members[k].val, dtype=np.int64) for k in range(K)]
+    fold_of = [data.fold if data.members is None else int(data.members[k].fold) for k in range(K)]
+    for k in range(K):
+        if not (val_labels[own[k]] == 0).any():
+            raise CheckpointError(f"the validation split{f' of member {k}' if K > 1 else ''} holds no normal beats; cannot select a model")
     rt = getattr(trainer, "rt", None)
     device = rt.device if rt is not None else next(trainer.generator(0).parameters()).device
     trainer.set_train_data(data.train_x)
@@ -367,8 +392,9 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
             "kind": settings.kind, "selection": settings.selection, "criterion": criterion, "best_metric": best[k],
             "best_epoch": best_epoch[k], "threshold": thresholds[k], "threshold_rule": settings.threshold_rule,
             "epochs": len(histories[k]), "stopped": control.stopped[k], "history": histories[k],
-            "runtime": runtime or {}, "n_train": int(data.train_x.shape[0]), "n_val": int(val_x.shape[0]),
-            "dataset_hash": data.dataset_hash, "split_hash": data.split_hash, "protocol": data.protocol, "fold": data.fold,
+            "runtime": runtime or {}, "n_train": int(data.train_x.shape[0] if data.members is None else data.members[k].n_train),
+            "n_val": int(len(val_labels[own[k]])),
+            "dataset_hash": data.dataset_hash, "split_hash": data.split_hash, "protocol": data.protocol, "fold": fold_of[k],
             "config": settings.config,
         }
         if settings.member_configs is not None:
@@ -398,11 +424,12 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                     rows.append(None)
                     continue
                 row = {"epoch": epoch, **{name: _member_value(v, k) for name, v in losses.items()}}
-                row.update(_validation(scores[k], val_labels, val_normal))
+                mine, labels = scores[k][own[k]], val_labels[own[k]]
+                row.update(_validation(mine, labels, labels == 0))
                 if shifted is not None:
                     from sibeatgan.shifts import separation_auc
 
-                    row["val_synthetic_auc"] = separation_auc(scores[k], shifted[k])
+                    row["val_synthetic_auc"] = separation_auc(mine, shifted[k][own[k]])
                 value = row[criterion]
                 improved = False
                 if "alive" in row and not row["alive"]:  # a batched member whose loss went non-finite froze itself
@@ -415,13 +442,13 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                     improved = best[k] is None or (value > best[k] if higher else value < best[k])
                 if improved:
                     best[k], best_epoch[k] = value, epoch
-                    thresholds[k] = policy.choose(scores[k], val_labels)
+                    thresholds[k] = policy.choose(mine, labels)
                     member_dir = _member_dir(out, K, k)
                     member_dir.mkdir(parents=True, exist_ok=True)
                     save_generator(member_dir / "generator.pt", trainer.generator(k), kind=settings.kind, selection=settings.selection,
                                    criterion=criterion, metric=value, epoch=epoch, config=settings.config,
                                    member_config=(settings.member_configs or [None] * K)[k], dataset_hash=data.dataset_hash,
-                                   split_hash=data.split_hash, protocol=data.protocol, fold=data.fold,
+                                   split_hash=data.split_hash, protocol=data.protocol, fold=fold_of[k],
                                    threshold=thresholds[k], threshold_rule=settings.threshold_rule,
                                    threshold_far=policy.far)
                 row["improved"] = improved

@@ -392,35 +392,15 @@ class BatchedStudentTrainer(DistillTrainer):
         out.update(alive=self.alive.tolist(), active=self.active.tolist())
         return out
 
-    @torch.no_grad()
-    def _per_beat(self, x: torch.Tensor | np.ndarray, batch_size: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
-        x = torch.as_tensor(x)
-        out = torch.empty(self.members, x.shape[0], dtype=torch.float32, device=self.rt.device)
-        was = self.G.training
-        self.G.eval()
-        try:
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(self.rt.device, torch.float32)
-                out[:, start : start + xb.shape[0]] = fn(xb)
-        finally:
-            self.G.train(was)
-        return out.cpu().numpy()
-
     def score(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Each member's reconstruction error of each beat: (K, n)."""
-        from sibeatgan.models.batched import to_members
+        from sibeatgan.models.batched import reconstruction_errors
 
-        k = self.members
-
-        def rec_error(xb: torch.Tensor) -> torch.Tensor:
-            rec = to_members(self.G(xb.repeat(1, k, 1)).reconstruction.float(), k)
-            return (rec - xb).pow(2).flatten(2).mean(-1)
-
-        return self._per_beat(x, batch_size, rec_error)
+        return reconstruction_errors(self.G, self.members, x, batch_size, self.rt.device)
 
     def discrepancy(self, x: torch.Tensor | np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """Each member's mean squared latent distance to the teacher: (K, n)."""
-        from sibeatgan.models.batched import to_members
+        from sibeatgan.models.batched import per_beat, to_members
 
         k = self.members
 
@@ -428,7 +408,7 @@ class BatchedStudentTrainer(DistillTrainer):
             code_s = to_members(self.G.encoder(xb.repeat(1, k, 1)).float(), k).flatten(2)
             return (code_s - self.teacher.encoder(xb).float().flatten(1)).pow(2).mean(-1)
 
-        return self._per_beat(x, batch_size, distance)
+        return per_beat(self.G, k, x, batch_size, self.rt.device, distance)
 
     def state_dict(self) -> dict[str, Any]:
         return {
