@@ -20,6 +20,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TextIO
@@ -29,6 +30,7 @@ if str(ROOT) not in sys.path:  # `python pipelines/local.py` and imports from te
     sys.path.insert(0, str(ROOT))
 
 from sibeatgan.errors import ConfigError, SibeatganError  # noqa: E402
+from sibeatgan.steps.tracked import LOCAL_RUN_ENV  # noqa: E402
 
 log = logging.getLogger("pipelines.local")
 # glibc settings bench/teacher.md recommends (the Dockerfile sets them too): 2-5x faster large batches on CPUs.
@@ -37,6 +39,37 @@ HEADLINE = "SIBEATGAN-HEADLINE:"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '?([\w.-]+)'?")
 _END = re.compile(r"Task '?([\w.-]+)'? (?:finished with status (\w+)|cache hit)")
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value for the block (the tasks, subprocesses of this Python, inherit it)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _end_failed_run(uri: str, experiment: str, local_run: str, error: str, workspace: Path) -> str:
+    """A failed pipeline leaves its MLflow run RUNNING (only `register` ends it): end it FAILED, tagged with the task that
+    failed and kfp's report. What was done, for the log; never raises (the pipeline's own failure is what matters)."""
+    from sibeatgan.config import TrackingConfig
+    from sibeatgan.steps.tracked import close_pipeline_run, find_local_pipeline_run
+
+    tracking = TrackingConfig(tracking_uri=uri, experiment=experiment)
+    try:
+        run_id = find_local_pipeline_run(tracking, local_run)
+    except Exception as err:  # noqa: BLE001
+        return f"the pipeline's MLflow run cannot be looked up ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    if run_id is None:
+        return "the pipeline made no MLflow run (it failed before start-run, or tracking is off)"
+    task = re.search(r"Inner task failed: '([^']+)'", error)
+    return close_pipeline_run(tracking, workspace / "pipeline-run-tracking", run_id, "FAILED", task.group(1) if task else "", error)
 
 
 class PipelineFailed(SibeatganError):
@@ -166,7 +199,9 @@ def run_pipeline_local(
     log_path = out / "pipeline.log"
     console = sys.stdout
     started = time.perf_counter()
-    with open(log_path, "a") as log_file, warnings.catch_warnings(), _no_retries(si_beatgan.pipeline_spec):
+    local_run = uuid.uuid4().hex  # start-run tags the pipeline's MLflow run with it, so a failed run can be ended here
+    with open(log_path, "a") as log_file, warnings.catch_warnings(), _no_retries(si_beatgan.pipeline_spec), \
+            _env(LOCAL_RUN_ENV, local_run):
         # our image has no 'python' in its name, and cluster settings (resources, accelerators) do nothing here
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*", category=UserWarning)
@@ -189,6 +224,7 @@ def run_pipeline_local(
             run = si_beatgan(**defaults)
         except RuntimeError as err:  # kfp.local's report of a failed task; the task's own log is in the log file
             plain = _ANSI.sub("", str(err))
+            print(_end_failed_run(uri, experiment, local_run, plain, out / "workspace"), file=log_file, flush=True)
             raise PipelineFailed(f"{plain} (task outputs under {out / 'kfp'}, the full log in {log_path})") from None
         finally:
             sys.stdout = console

@@ -136,6 +136,13 @@ def test_failing_gate_stops_the_run_before_training(tmp_path: Path) -> None:
     assert list((tmp_path / "run" / "kfp").glob("si-beatgan-*/validate-records")), "the gate ran"
     assert not list((tmp_path / "run" / "kfp").rglob("train-teacher")), "no training after a failed gate"
     assert not list((tmp_path / "run" / "kfp").rglob("preprocess"))
+    # the pipeline's MLflow run is not left RUNNING: FAILED, naming the task that failed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("si-beatgan").experiment_id], filter_string="tags.step = 'pipeline'")
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_task"] == "validate-records", parent.data.tags
+    assert "validate-records" in parent.data.tags["error"]
 
 
 def _ui_shows_the_runs(uri: str, tmp_path: Path, experiment_id: str, parent_id: str, version: str, seed: int) -> None:

@@ -10,6 +10,7 @@ compare) once its outputs exist.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -113,13 +114,18 @@ def log_step(tracking: cfg.TrackingConfig | None, step: str, conf: Any, out: Pat
     return tracker.run_id
 
 
+LOCAL_RUN_ENV = "SIBEATGAN_LOCAL_RUN"  # set by pipelines.local for its tasks: the id of that local pipeline run
+LOCAL_RUN_TAG = "sibeatgan.local_run"
+
+
 def start_pipeline_run(tracking: cfg.TrackingConfig, local_dir: Path, kfp_run_id: str = "", kfp_run_name: str = "",
                        parameters: dict[str, Any] | None = None) -> str | None:
     """The pipeline run's own MLflow run, tagged with the KFP run id; every step's run nests under it."""
     from sibeatgan.tracking import Tracker, run_tags, tracking_uri
 
+    local = {LOCAL_RUN_TAG: os.environ[LOCAL_RUN_ENV]} if os.environ.get(LOCAL_RUN_ENV) else {}  # how `pipelines.local` finds it
     t = Tracker(local_dir, tracking_uri(tracking), tracking.experiment, run_name=kfp_run_name or f"pipeline-{kfp_run_id}",
-                tags={"step": "pipeline", "kfp.run_id": kfp_run_id, **run_tags()})
+                tags={"step": "pipeline", "kfp.run_id": kfp_run_id, **run_tags(), **local})
     t.start()
     if parameters:
         t.log_params({f"pipeline.{k}": v for k, v in parameters.items()})
@@ -164,3 +170,46 @@ def end_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run_i
                     "winner": registered.get("kind"), "verdict": registered.get("verdict", "")})
         t.log_metrics({f"registered_{k}": registered[k] for k in ("auc", "ap", "f1") if registered.get(k) is not None})
     t.finish(status)
+
+
+def close_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run_id: str, state: str, task: str = "",
+                       error: str = "") -> str:
+    """End a pipeline's MLflow run that the pipeline left RUNNING (only `register` ends it, so a pipeline that failed or
+    was cancelled before leaves it so): FAILED (KILLED when cancelled), with the failing task and its error as tags; a
+    run already ended is left as it is. Never raises: returns what was done, for the log."""
+    if tracking is None or not run_id:
+        return "not tracked"
+    from mlflow import MlflowClient
+
+    from sibeatgan.tracking import client_env, tracking_uri
+
+    from sibeatgan.tracking import Tracker
+
+    client_env(tracking.http_timeout_s)
+    ended = {"SUCCEEDED": "FINISHED", "CANCELLED": "KILLED"}.get(state, "FAILED")
+    try:
+        status = MlflowClient(tracking_uri=tracking_uri(tracking)).get_run(run_id).info.status
+        if status != "RUNNING":
+            return f"MLflow run {run_id} already {status}"
+        t = Tracker.attach(Path(local_dir) / "tracking-pipeline", tracking_uri(tracking), run_id, tracking.experiment)
+        t.set_tags({"pipeline_state": state, **({"failed_task": task} if task and ended != "FINISHED" else {}),
+                    **({"error": error[:4000]} if error else {})})
+        t.finish(ended)
+    except Exception as err:  # noqa: BLE001 - the exit handler never turns a pipeline's outcome into a tracking failure
+        return f"MLflow run {run_id} could not be ended {ended} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it stays RUNNING"
+    return f"MLflow run {run_id} ended {ended} (pipeline {state}{f' at {task}' if task and ended != 'FINISHED' else ''})"
+
+
+def find_local_pipeline_run(tracking: cfg.TrackingConfig, local_run: str) -> str | None:
+    """The MLflow run that the start-run task of the local pipeline run `local_run` made, or None."""
+    from mlflow import MlflowClient
+
+    from sibeatgan.tracking import client_env, tracking_uri
+
+    client_env(tracking.http_timeout_s)
+    client = MlflowClient(tracking_uri=tracking_uri(tracking))
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{LOCAL_RUN_TAG}` = '{local_run}'", max_results=1)
+    return found[0].info.run_id if found else None
