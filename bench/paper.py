@@ -27,6 +27,7 @@ pooled, per protocol: summary.json and summary.md in the results folder.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import shutil
@@ -55,6 +56,11 @@ def plan(protocols: list[str], seeds: list[int]) -> list[tuple[str, int, int]]:
         for fold in PROTOCOLS[protocol]["folds"][1:]:
             units += [(protocol, fold, s) for s in seeds]
     return units
+
+
+def next_group(pending: list[tuple[str, int, int]], k: int) -> list[tuple[str, int, int]]:
+    """The next teacher group: the leading units of `pending` (in plan order) of one protocol, at most k of them."""
+    return list(itertools.takewhile(lambda u: u[0] == pending[0][0], pending[:k]))
 
 
 def unit_name(protocol: str, fold: int, seed: int) -> str:
@@ -119,7 +125,7 @@ def _teacher(args: argparse.Namespace, protocol: str, fold: int, seed: int, out:
 def _teacher_group(args: argparse.Namespace, units: list[tuple[str, int, int]]) -> tuple[dict[tuple[int, int], dict[str, Any]], float]:
     """The teachers of several units of one protocol as one batched group (`--teacher-group`; sibeatgan.train.batched_teacher):
     {(fold, seed): its training result (`generator` None when it selected no epoch)}, and the group's seconds. A group
-    that fails as a whole leaves every unit to train its own teacher."""
+    that fails as a whole returns {}: every unit then trains its own teacher, with both of its attempts."""
     from sibeatgan.config import TeacherConfig
     from sibeatgan.errors import SibeatganError
     from sibeatgan.steps.train import run_train_teacher_group
@@ -179,7 +185,9 @@ def run_unit(args: argparse.Namespace, protocol: str, fold: int, seed: int, resu
     if grouped is not None:  # its share of the group's time; the group's member folder becomes the unit's teacher
         result, seconds, size = grouped
         timings["teacher_s"] = seconds / size
-        if result.get("generator"):
+        if not result:  # the group failed as a whole: not this teacher's attempt
+            log.warning("%s: its teacher group failed; it trains its own teacher", name)
+        elif result.get("generator"):
             shutil.copytree(result["folder"], work / "teacher")
             teacher = {**result, "generator": str(work / "teacher" / "generator.pt")}
             attempts = ()
@@ -305,15 +313,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.teacher_group > 1 and args.search:
         raise SystemExit("--teacher-group trains the teachers of primary units together; it does not run with --search")
     pending = [u for u in plan(protocols, seeds) if unit_name(*u) not in done_units(out, *results)]
-    while args.teacher_group > 1 and pending:  # groups of up to K consecutive units of one protocol
-        group = [u for u in pending[: args.teacher_group] if u[0] == pending[0][0]]
+    while args.teacher_group > 1 and pending:  # groups of up to K consecutive units of one protocol, in plan order
+        group = next_group(pending, args.teacher_group)
         while len(group) > 1 and not fits(f"a teacher group of {len(group)}", "unit", len(group)):
             group = group[:-1]
         if not fits(unit_name(*group[0]), "unit"):
             break
+        if len(group) == 1:  # nothing to batch with: the unit trains its own teacher
+            ran.append(run_unit(args, *group[0], results, out)["unit"])
+            pending = pending[1:]
+            continue
         teachers, seconds = _teacher_group(args, group)
         for protocol, fold, seed in group:
             ran.append(run_unit(args, protocol, fold, seed, results, out, (teachers.get((fold, seed), {}), seconds, len(group)))["unit"])
+        shutil.rmtree(args.work / ("group-" + "-".join(unit_name(*u) for u in group)), ignore_errors=True)  # each unit copied its own
         pending = pending[len(group):]
     for protocol, fold, seed in plan(protocols, seeds) if args.teacher_group <= 1 else []:
         name = unit_name(protocol, fold, seed)

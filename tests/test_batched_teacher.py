@@ -169,3 +169,42 @@ def test_the_teacher_benchmark_runs_with_torch_and_numpy(tmp_path):
     result = json.loads(out.read_text())
     assert result["model"] == "teacher" and [(r["K"], r["impl"]) for r in result["rows"]] == [(1, "grouped"), (1, "loop"), (2, "grouped"), (2, "loop")]
     assert all(r["batched_beats_per_s"] > 0 and r["graph_captured"] is False for r in result["rows"])
+
+
+def test_a_killed_group_with_redraws_resumes_to_the_same_weights(dataset, tmp_path):
+    """D redrawn at every step: each member's permutation and redraw streams are saved and restored with the group."""
+    configs = [small_config(fold=0, seed=3, d_reinit_threshold=1e9), small_config(fold=2, seed=4, d_reinit_threshold=1e9)]
+    run_train_teachers(configs, dataset, tmp_path / "straight")
+    run_train_teachers([c.model_copy(update={"epochs": 1}) for c in configs], dataset, tmp_path / "killed")
+    run_train_teachers(configs, dataset, tmp_path / "killed")
+    a, b = (load_checkpoint(tmp_path / name / "checkpoint.pt")["trainer"] for name in ("straight", "killed"))
+    assert sum(a["reinit_rng"][0] != b["reinit_rng"][0]) == 0
+    for part in ("G", "D"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+
+
+def test_synthetic_selection_shifts_each_members_own_validation_beats(dataset, tmp_path):
+    """selection=synthetic: member k's label-free criterion is computed on its own validation beats shifted as its
+    single run shifts them, so it matches that run's (up to float rounding), not a copy drawn over every member's beats."""
+    configs = [small_config(fold=0, seed=3, epochs=1, selection="synthetic"), small_config(fold=2, seed=4, epochs=1, selection="synthetic")]
+    group = json.loads((Path(run_train_teachers(configs, dataset, tmp_path / "group")["metrics"])).read_text())["members"]
+    for k, config in enumerate(configs):
+        single = json.loads(Path(run_train_teacher(config, dataset, tmp_path / f"single{k}")["metrics"]).read_text())
+        assert group[k]["history"][0]["val_synthetic_auc"] == pytest.approx(single["history"][0]["val_synthetic_auc"], abs=5e-4)
+
+
+def test_the_device_equivalence_check_passes_on_the_cpu(tmp_path):
+    """bench/batched_teacher_check.py (gpu_batched_teacher.sh's first step, for CUDA's kernels and graphs) at tiny size."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "eq.json"
+    done = subprocess.run([sys.executable, str(root / "bench" / "batched_teacher_check.py"), "--device", "cpu", "--ngf", "8", "--ndf", "8",
+                           "--nz", "8", "--length", "64", "--batch-size", "16", "--steps", "5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["ok"] and [m["beats"] for m in result["members"]] == [64, 80]
+    assert all(m["same_init"] and m["d_reinits"] == m["single_d_reinits"] for m in result["members"])

@@ -129,3 +129,24 @@ def test_teacher_group_trains_the_units_teachers_together(dataset, tmp_path):
     assert not list(out.rglob("*.pt"))
     r = paper("run", str(dataset), "--results", str(results), "--out", str(out), "--teacher-group", "2", "--search", *no_search)
     assert r.returncode != 0 and "does not run with --search" in r.stderr
+
+
+def test_teacher_groups_follow_the_plan_and_never_mix_protocols():
+    """Groups are the leading units of one protocol: every planned unit lands in exactly one group, in plan order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_bench", ROOT / "bench" / "paper.py")
+    paper_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_mod)
+    for seeds in ([0], [0, 1, 2]):
+        for k in (2, 3, 5, 7):
+            pending = paper_mod.plan(["beatgan", "clean"], seeds)
+            groups = []
+            while pending:
+                group = paper_mod.next_group(pending, k)
+                assert 1 <= len(group) <= k and len({u[0] for u in group}) == 1
+                groups.append(group)
+                pending = pending[len(group):]
+            assert [u for g in groups for u in g] == paper_mod.plan(["beatgan", "clean"], seeds)
+    first = paper_mod.next_group(paper_mod.plan(["beatgan", "clean"], [0]), 3)
+    assert first == [("beatgan", 0, 0)], "clean-f0-s0 comes next in the plan: it is not skipped for beatgan-f1"

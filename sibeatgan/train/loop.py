@@ -369,7 +369,13 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
     if settings.selection == "synthetic":  # drawn once, so every epoch (and every trial) is judged on the same beats
         from sibeatgan.shifts import synthesize
 
-        synthetic_x = synthesize(val_x)[0]
+        if data.members is None:
+            synthetic_x = synthesize(val_x)[0]
+        else:  # each member's own validation beats shifted as its single run shifts them; member k's copies at own_shifted[k]
+            parts = [synthesize(val_x[torch.as_tensor(own[k], device=val_x.device)])[0] for k in range(K)]
+            ends = np.cumsum([0] + [p.shape[0] for p in parts])
+            own_shifted = [slice(int(ends[k]), int(ends[k + 1])) for k in range(K)]
+            synthetic_x = torch.cat(parts)
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.json"
     histories: list[list[dict[str, Any]]] = [[] for _ in range(K)]
     best: list[float | None] = [None] * K
@@ -429,7 +435,7 @@ def fit(trainer: Trainer, data: FitData, out: Path, settings: FitSettings, callb
                 if shifted is not None:
                     from sibeatgan.shifts import separation_auc
 
-                    row["val_synthetic_auc"] = separation_auc(mine, shifted[k][own[k]])
+                    row["val_synthetic_auc"] = separation_auc(mine, shifted[k][own[k] if data.members is None else own_shifted[k]])
                 value = row[criterion]
                 improved = False
                 if "alive" in row and not row["alive"]:  # a batched member whose loss went non-finite froze itself
