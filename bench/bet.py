@@ -6,10 +6,10 @@ beats, epochs and init (the teacher's weights), final epoch kept (no selection, 
 - student: alpha 1, beta 0.1, T 4, tau 0.2 (the defaults: KD + NT-Xent, invariance only);
 - bet: the student plus `shift_negatives` (shifted copies of each batch, sibeatgan.shifts, as extra NT-Xent negatives).
 Every model is scored on the same fixed random subset of fold 0's test beats; the comparisons (bet vs control, bet vs
-student, student vs control) use a two-level paired bootstrap written here: each resample draws the seeds with
-replacement and, once, the records with replacement (seeds and records are crossed: every seed is scored on the same
-beats); delta = mean over the drawn seeds of AUC(b) - AUC(a), both arms on the same resampled beats. The record-only
-bootstrap (sibeatgan.metrics.paired_compare_units, seeds fixed) is reported beside it.
+student, student vs control) use the project's two-level paired bootstrap (sibeatgan.metrics.paired_compare_units,
+level "unit+record", what `sibeatgan compare` uses for several units): each resample draws the records with
+replacement once for every seed (seeds and records are crossed: every seed is scored on the same beats) and weighs
+the seeds by K - 1 draws with replacement; the record-only figures of the same draws (seeds fixed) come beside it.
 
     python bench/bet.py data/mitdb --teacher-dir bench/out/criterion --results bench/results/bet-cpu-2026-12-03
     python bench/bet.py --report bench/results/bet-cpu-2026-12-03      # bet.md's tables, from the per-beat scores alone
@@ -36,50 +36,22 @@ log = logging.getLogger("bench.bet")
 ARMS = {"control": dict(alpha=0.0, beta=0.0), "student": dict(alpha=1.0, beta=0.1), "bet": dict(alpha=1.0, beta=0.1, shift_negatives=True)}
 
 
-def two_level(a: list[np.ndarray], b: list[np.ndarray], labels: np.ndarray, records: np.ndarray, n_bootstrap: int = 2000,
-              seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
-    """Paired two-level bootstrap of mean AUC(b) - AUC(a) over units (seeds) that share the same test beats.
-
-    a[u], b[u]: the two models' scores of unit u. Seeds and patients are crossed (every seed is scored on the same
-    records), so each resample draws len(a) units with replacement and, once, the records with replacement; every
-    drawn unit is scored on those same resampled beats (a beat weighs its record's count). Drawing records anew for
-    each unit would treat the patients as nested in seeds and shrink their share of the spread. AUCs come from
-    sibeatgan.metrics' weighted ranking, so ties count half as everywhere else."""
-    from sibeatgan.metrics import _p_value, _Ranking, interval
-
-    positive = np.asarray(labels) != 0
-    _, rec = np.unique(records, return_inverse=True)
-    n_rec, units = int(rec.max()) + 1, len(a)
-    ranks = [(_Ranking(np.asarray(x, np.float64), positive), _Ranking(np.asarray(y, np.float64), positive)) for x, y in zip(a, b)]
-    full = [rb.evaluate(np.ones((1, positive.size)))["auc"][0] - ra.evaluate(np.ones((1, positive.size)))["auc"][0] for ra, rb in ranks]
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, units, (n_bootstrap, units))  # the units of each resample
-    counts = rng.multinomial(n_rec, np.full(n_rec, 1 / n_rec), size=n_bootstrap).astype(np.float64)
-    per_unit = np.empty((n_bootstrap, units))  # delta of unit u on each resample's records
-    for start in range(0, n_bootstrap, 250):
-        w = counts[start : start + 250][:, rec]
-        for u, (ra, rb) in enumerate(ranks):
-            per_unit[start : start + 250, u] = rb.evaluate(w)["auc"] - ra.evaluate(w)["auc"]
-    deltas = np.take_along_axis(per_unit, drawn, axis=1).mean(1)
-    return {"delta_auc": float(np.mean(full)), "per_unit_delta": [float(x) for x in full], "delta_auc_ci": interval(deltas, ci),
-            "p_auc": _p_value(deltas), "n_bootstrap": n_bootstrap, "units": units, "records": n_rec,
-            "bootstrap": "two-level (seeds, records crossed)"}
-
-
 PAIRS = (("bet_vs_control", "control", "bet"), ("bet_vs_student", "student", "bet"), ("student_vs_control", "control", "student"))
 
 
-def compare(scores: dict[str, list[np.ndarray]], labels: np.ndarray, records: np.ndarray, n_bootstrap: int) -> dict[str, Any]:
-    """Every comparison of PAIRS: the two-level bootstrap and, beside it, the record-only one with the seeds fixed."""
+def compare_pair(a: list[np.ndarray], b: list[np.ndarray], labels: np.ndarray, records: np.ndarray, n_bootstrap: int) -> dict[str, Any]:
+    """b - a over the seeds: the two-level interval and, from the same draws, the record-only one (seeds fixed)."""
     from sibeatgan.metrics import paired_compare_units
 
-    out = {}
-    for name, a, b in PAIRS:
-        two = two_level(scores[a], scores[b], labels, records, n_bootstrap)
-        rec = paired_compare_units([(x, y, labels, records) for x, y in zip(scores[a], scores[b])], n_bootstrap)
-        keep = ("auc_a", "auc_b", "delta_auc", "delta_auc_ci", "p_auc")
-        out[name] = {"two_level": two, "record_only": {k: rec[k] for k in keep}}
-    return out
+    c = paired_compare_units([(x, y, labels, records) for x, y in zip(a, b)], n_bootstrap, level="unit+record")
+    two = {k: c[k] for k in ("auc_a", "auc_b", "delta_auc", "unit_delta_auc", "delta_auc_ci", "p_auc", "n_bootstrap", "n_units",
+                             "units_drawn", "n_groups", "bootstrap")}
+    return {"two_level": two, "record_only": {"delta_auc": c["delta_auc"], **c["record_only"]}}
+
+
+def compare(scores: dict[str, list[np.ndarray]], labels: np.ndarray, records: np.ndarray, n_bootstrap: int) -> dict[str, Any]:
+    """Every comparison of PAIRS (compare_pair)."""
+    return {name: compare_pair(scores[a], scores[b], labels, records, n_bootstrap) for name, a, b in PAIRS}
 
 
 def load_scores(results: Path) -> tuple[dict[str, Any], dict[str, list[np.ndarray]], np.ndarray, np.ndarray]:
@@ -107,10 +79,11 @@ def report(results: Path) -> str:
               "|---|---|---|---|---|---|"]
     for name, c in saved["comparisons"].items():
         a, b = name.split("_vs_")[1], name.split("_vs_")[0]
-        two = two_level(scores[a], scores[b], labels, records, c["two_level"]["n_bootstrap"])
-        if not np.allclose(two["delta_auc_ci"], c["two_level"]["delta_auc_ci"], rtol=0, atol=1e-12):
-            raise SystemExit(f"{name}: bet.json's interval {c['two_level']['delta_auc_ci']} is not the scores' {two['delta_auc_ci']}")
-        r = c["record_only"]
+        again = compare_pair(scores[a], scores[b], labels, records, c["two_level"]["n_bootstrap"])
+        two, r = again["two_level"], again["record_only"]
+        for part in ("two_level", "record_only"):
+            if not np.allclose(again[part]["delta_auc_ci"], c[part]["delta_auc_ci"], rtol=0, atol=1e-12):
+                raise SystemExit(f"{name}: bet.json's {part} interval {c[part]['delta_auc_ci']} is not the scores' {again[part]['delta_auc_ci']}")
         lines.append(f"| {name} | {two['delta_auc']:+.4f} | [{two['delta_auc_ci'][0]:+.4f}, {two['delta_auc_ci'][1]:+.4f}] | "
                      f"{two['p_auc']:.3f} | [{r['delta_auc_ci'][0]:+.4f}, {r['delta_auc_ci'][1]:+.4f}] | {r['p_auc']:.3f} |")
     return "\n".join(lines)
