@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class SibeatganError(Exception):
     """Base of every error this package raises on bad input or configuration."""
@@ -38,3 +40,12 @@ class ValidationFailed(SibeatganError):
     def __init__(self, summary: str):
         self.summary = summary
         super().__init__(summary)
+
+
+_URL_USERINFO = re.compile(r"(\b[a-zA-Z][\w+.-]*://)([^:/@\s]*)(:[^@\s]*)?@")
+
+
+def redact_url(text: str) -> str:
+    """`text` with the credentials of every URL in it hidden: `scheme://user:***@host` (the user kept, the password
+    gone), and `scheme://***@host` for a bare token. The one redactor of messages, params and tags."""
+    return _URL_USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@" if m[3] is not None else f"{m[1]}***@", str(text))

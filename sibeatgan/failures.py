@@ -13,6 +13,8 @@ import re
 import sys
 from typing import Any
 
+from sibeatgan.errors import redact_url
+
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_INFRA = 3
@@ -67,11 +69,7 @@ def _tracking_uri() -> str:
             uri = sys.modules["mlflow"].get_tracking_uri()
         except Exception:  # noqa: BLE001 - only for the message
             uri = None
-    return _redact(uri or "the tracking URI")
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"://[^/@]*@", "://***@", url)
+    return redact_url(uri or "the tracking URI")
 
 
 _UNREACHABLE = (
@@ -124,7 +122,7 @@ def _http(e: BaseException) -> tuple[str, int] | None:
         return None
     if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         url = getattr(getattr(e, "request", None), "url", None)
-        where = _redact(url.split("?")[0]) if url else "a server"
+        where = redact_url(url.split("?")[0]) if url else "a server"
         return f"{where} cannot be reached ({_unreachable(str(e))})", EXIT_INFRA
     return None
 

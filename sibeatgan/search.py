@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from sibeatgan.config import replace, to_dict
-from sibeatgan.errors import ConfigError, SibeatganError
+from sibeatgan.errors import ConfigError, SibeatganError, redact_url
 from sibeatgan.train.loop import CRITERIA, Callback, Control
 
 if TYPE_CHECKING:
@@ -71,17 +71,8 @@ def storage_for(tune: TuneConfig, out: Path) -> Any:
         try:
             return optuna.storages.RDBStorage(tune.storage, engine_kwargs={"pool_pre_ping": True})
         except Exception as err:  # sqlalchemy's OperationalError and friends: name the storage, not the stack
-            raise SibeatganError(f"Optuna storage {_redact(tune.storage)} cannot be reached ({type(err).__name__}: {str(err).splitlines()[0]})") from None
-    raise ConfigError(f"TuneConfig.storage: {_redact(str(tune.storage))!r} is neither a journal file (*.journal) nor a database URL")
-
-
-def _redact(url: str) -> str:
-    """A storage URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
-    return url
+            raise SibeatganError(f"Optuna storage {redact_url(tune.storage)} cannot be reached ({type(err).__name__}: {redact_url(str(err).splitlines()[0])})") from None
+    raise ConfigError(f"TuneConfig.storage: {redact_url(str(tune.storage))!r} is neither a journal file (*.journal) nor a database URL")
 
 
 def open_study(tune: TuneConfig, selection: str, out: Path, worker: int = 0) -> optuna.Study:

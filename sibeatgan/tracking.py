@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sibeatgan.errors import ConfigError
+from sibeatgan.errors import ConfigError, redact_url
 from sibeatgan.files import write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ def client_env(http_timeout_s: float = 15, http_retries: int = 1) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
 
 
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)[^@\s]+(@)")
 _SECRET_KEY = re.compile(r"(password|passwd|secret|token|access_key|api_key)$", re.I)
 
 
@@ -72,7 +71,7 @@ def redact(key: str, value: str) -> str:
     at all under a key that names a secret. Every user of the tracking server can read params and tags."""
     if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in ("", "None"):
         return "***"
-    return _URL_PASSWORD.sub(r"\1***\2", value)
+    return redact_url(value)
 
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")

@@ -28,6 +28,18 @@ def test_redact_hides_url_passwords_and_secret_keys():
     assert redact("mlflow.password", SENTINEL) == "***" and redact("aws.secret_access_key", SENTINEL) == "***"
     assert redact("storage", "studies.journal") == "studies.journal" and redact("uri", "http://mlflow:5000") == "http://mlflow:5000"
     assert redact("token", "") == ""  # an empty setting says it is unset, which is no secret
+    assert redact("remote", f"https://{SENTINEL}@git.example/x.git") == "https://***@git.example/x.git"  # a bare token too
+
+
+def test_one_redactor_serves_messages_too():
+    """Errors that name a storage or server URL go through the same redactor as params and tags."""
+    from sibeatgan.config import TuneConfig
+    from sibeatgan.errors import ConfigError
+    from sibeatgan.search import storage_for
+
+    with pytest.raises(ConfigError) as err:
+        storage_for(TuneConfig(storage=f"nosuch://optuna:{SENTINEL}@db/x"), Path("unused"))
+    assert SENTINEL not in str(err.value) and "nosuch://optuna:***@db/x" in str(err.value)
     assert flatten({"tune": {"storage": f"postgresql://o:{SENTINEL}@h/d", "lr": [1, 2]}}) == \
         {"tune.storage": "postgresql://o:***@h/d", "tune.lr": "1,2"}
 
