@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/recompute.py
 
 log = logging.getLogger("paper")
 
@@ -94,22 +95,13 @@ def card() -> str:
 
 
 def _keep_eval(src: Path, dst: Path) -> None:
-    """evaluation.json, table.txt and each fold's test scores: what compare needs, without plots or model files.
-    scores.npz keeps index, scores and labels only, in small dtypes (compare takes records from the dataset)."""
-    import numpy as np
+    """What compare needs of an evaluation, without plots or model files: `bench/recompute.py keep` (evaluation.json and
+    each fold's test scores in small dtypes, with their records), plus the comparison table when there is one."""
+    from recompute import keep
 
-    for f in src.rglob("*"):
-        if not f.is_file() or f.name not in ("evaluation.json", "table.txt", "scores.npz"):
-            continue
-        target = dst / f.relative_to(src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if f.name != "scores.npz":
-            shutil.copy2(f, target)
-            continue
-        with np.load(f) as npz:
-            arrays = {"index": npz["index"].astype(np.int32), "scores": npz["scores"].astype(np.float32), "labels": npz["labels"].astype(np.int8)}
-        with open(target, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    keep(src, dst)
+    if (src / "table.txt").is_file():
+        shutil.copy2(src / "table.txt", dst / "table.txt")
 
 
 def _teacher(args: argparse.Namespace, protocol: str, fold: int, seed: int, out: Path) -> dict[str, Any]:
