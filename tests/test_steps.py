@@ -199,3 +199,30 @@ def test_a_candidate_without_a_model_loses_and_the_pipeline_goes_on(tmp_path: Pa
                             evaluation=Artifact(uri=str(tmp_path / "w_ev")), evidence=Artifact(uri=str(tmp_path / "evid")))
     assert read_card(tmp_path / "winner").kind == "control"
     assert json.loads((tmp_path / "evid" / "evidence.json").read_text())["winner"] == "control"
+
+
+def test_a_failed_pipeline_s_run_and_its_running_step_runs_are_ended(tmp_path: Path) -> None:
+    """close_pipeline_run (what pipelines.local does when a task fails): the parent run and a step run still RUNNING
+    under it (the study's) end FAILED, a finished step run is left alone, and a second call changes nothing."""
+    from mlflow import MlflowClient
+
+    from sibeatgan.config import TrackingConfig
+    from sibeatgan.steps.tracked import close_pipeline_run
+    from sibeatgan.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = TrackingConfig(tracking_uri=uri)
+    parent = Tracker(tmp_path / "p", uri, tracking.experiment, run_name="pipeline").start()
+    parent.flush(final=True)
+    study = Tracker(tmp_path / "s", uri, tracking.experiment, run_name="study", parent_run_id=parent.run_id).start()
+    study.flush(final=True)
+    done = Tracker(tmp_path / "d", uri, tracking.experiment, run_name="preprocess", parent_run_id=parent.run_id).start()
+    done.finish()
+    said = close_pipeline_run(tracking, tmp_path / "c", parent.run_id, "FAILED", "tune-worker", "boom")
+    assert "ended FAILED" in said and "1 step run(s)" in said
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(parent.run_id).info.status == "FAILED" and client.get_run(parent.run_id).data.tags["failed_task"] == "tune-worker"
+    assert client.get_run(study.run_id).info.status == "FAILED" and client.get_run(done.run_id).info.status == "FINISHED"
+    assert "already FAILED" in close_pipeline_run(tracking, tmp_path / "c", parent.run_id, "FAILED")
+    assert "could not be ended" in close_pipeline_run(TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'none' / 'x.db'}"),
+                                                      tmp_path / "c", parent.run_id, "FAILED")

@@ -175,8 +175,9 @@ def end_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run_i
 def close_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run_id: str, state: str, task: str = "",
                        error: str = "") -> str:
     """End a pipeline's MLflow run that the pipeline left RUNNING (only `register` ends it, so a pipeline that failed or
-    was cancelled before leaves it so): FAILED (KILLED when cancelled), with the failing task and its error as tags; a
-    run already ended is left as it is. Never raises: returns what was done, for the log."""
+    was cancelled before leaves it so): FAILED (KILLED when cancelled), with the failing task and its error as tags, and
+    so are its step runs still RUNNING (the study's); a run already ended is left as it is. Never raises: returns what
+    was done, for the log."""
     if tracking is None or not run_id:
         return "not tracked"
     from mlflow import MlflowClient
@@ -188,16 +189,23 @@ def close_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run
     client_env(tracking.http_timeout_s)
     ended = {"SUCCEEDED": "FINISHED", "CANCELLED": "KILLED"}.get(state, "FAILED")
     try:
-        status = MlflowClient(tracking_uri=tracking_uri(tracking)).get_run(run_id).info.status
+        client = MlflowClient(tracking_uri=tracking_uri(tracking))
+        status = client.get_run(run_id).info.status
         if status != "RUNNING":
             return f"MLflow run {run_id} already {status}"
+        # step runs left RUNNING under it (the study's, ended only by best-config) end with it
+        left = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'")
+        for child in left:
+            client.set_terminated(child.info.run_id, ended)
         t = Tracker.attach(Path(local_dir) / "tracking-pipeline", tracking_uri(tracking), run_id, tracking.experiment)
         t.set_tags({"pipeline_state": state, **({"failed_task": task} if task and ended != "FINISHED" else {}),
                     **({"error": error[:4000]} if error else {})})
         t.finish(ended)
     except Exception as err:  # noqa: BLE001 - the exit handler never turns a pipeline's outcome into a tracking failure
         return f"MLflow run {run_id} could not be ended {ended} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it stays RUNNING"
-    return f"MLflow run {run_id} ended {ended} (pipeline {state}{f' at {task}' if task and ended != 'FINISHED' else ''})"
+    return (f"MLflow run {run_id} ended {ended} (pipeline {state}{f' at {task}' if task and ended != 'FINISHED' else ''})"
+            + (f", with {len(left)} step run(s) left RUNNING under it" if left else ""))
 
 
 def find_local_pipeline_run(tracking: cfg.TrackingConfig, local_run: str) -> str | None:
