@@ -283,8 +283,7 @@ def run_train_teachers(configs: list[TeacherConfig], dataset: Path, out: Path, r
     from sibeatgan.data.artifact import load
     from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import select
-    from sibeatgan.errors import DatasetError
-    from sibeatgan.train.teacher import _select_train
+    from sibeatgan.train.teacher import teacher_beats
 
     configs = list(configs)
     if not configs:
@@ -294,16 +293,7 @@ def run_train_teachers(configs: list[TeacherConfig], dataset: Path, out: Path, r
     ds = load(dataset)
     content_hash = ds.content_hash()
     split_set = resolve_split(dataset, split, content_hash)
-    parts = [split_set.fold(c.split, c.fold) for c in configs]
-    trains = [_select_train(p.train, c.max_train_beats, c.seed) for p, c in zip(parts, configs)]
-    for c, p, t in zip(configs, parts, trains):
-        labels = ds.labels[p.val]
-        if not (labels == 0).any():
-            raise DatasetError(f"{dataset}: fold {c.fold}'s validation split holds no normal beats; cannot select a model")
-        if c.selection == "paper" and (labels == 0).all():
-            raise DatasetError(f"{dataset}: selection='paper' needs labelled anomalies in fold {c.fold}'s validation split; it has none")
-        if len(t) < c.batch_size:
-            raise DatasetError(f"{dataset}: fold {c.fold} has {len(t)} training beats, fewer than one batch of {c.batch_size}")
+    parts, trains = zip(*(teacher_beats(ds, split_set, c, dataset) for c in configs))
     train_union = np.unique(np.concatenate(trains))
     val_union = np.unique(np.concatenate([p.val for p in parts]))
     rt = select(first.device, first.amp, first.cuda_graph)

@@ -198,6 +198,24 @@ def _select_train(train: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).choice(train, size=cap, replace=False))
 
 
+def teacher_beats(ds: Any, split_set: Any, config: TeacherConfig, dataset: Path) -> tuple[Any, np.ndarray]:
+    """A teacher's part of the split (fold `config.fold` of `config.split`) and its training beats (capped by
+    max_train_beats), refused in one line when its validation beats cannot select a model or it has under one batch."""
+    from sibeatgan.errors import DatasetError
+
+    part = split_set.fold(config.split, config.fold)
+    train_idx = _select_train(part.train, config.max_train_beats, config.seed)
+    val_labels = ds.labels[part.val]
+    where = f"{dataset}: fold {config.fold}'s"
+    if not (val_labels == 0).any():
+        raise DatasetError(f"{where} validation split holds no normal beats; cannot select a model")
+    if config.selection == "paper" and (val_labels == 0).all():
+        raise DatasetError(f"{where} validation split has no labelled anomalies, which selection='paper' needs (use selection='clean')")
+    if len(train_idx) < config.batch_size:
+        raise DatasetError(f"{where} {len(train_idx)} training beats are fewer than one batch of {config.batch_size}")
+    return part, train_idx
+
+
 def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: bool = True, progress: bool = False,
                       split: Path | None = None, callbacks: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any]:
     """Train BeatGAN on the split artifact's training beats (`split`, default the dataset's own), selecting the best
@@ -207,20 +225,12 @@ def run_train_teacher(config: TeacherConfig, dataset: Path, out: Path, resume: b
     from sibeatgan.data.artifact import load
     from sibeatgan.data.splits import resolve_split
     from sibeatgan.device import select
-    from sibeatgan.errors import DatasetError
 
     ds = load(dataset)
     content_hash = ds.content_hash()
     split_set = resolve_split(dataset, split, content_hash)
-    part = split_set.fold(config.split, config.fold)
-    train_idx = _select_train(part.train, config.max_train_beats, config.seed)
+    part, train_idx = teacher_beats(ds, split_set, config, dataset)
     val_labels = ds.labels[part.val]
-    if not (val_labels == 0).any():
-        raise DatasetError(f"{dataset}: the validation split holds no normal beats; cannot select a model")
-    if config.selection == "paper" and (val_labels == 0).all():
-        raise DatasetError(f"{dataset}: selection='paper' needs labelled anomalies in the validation split; it has none (use selection='clean')")
-    if len(train_idx) < config.batch_size:
-        raise DatasetError(f"{dataset}: {len(train_idx)} training beats, fewer than one batch of {config.batch_size}")
     rt = select(config.device, config.amp, config.cuda_graph)
     trainer = TeacherTrainer(
         ds.leads, ds.length, rt, nz=config.nz, ngf=config.ngf, ndf=config.ndf, lambda_fm=config.lambda_fm, lr=config.lr,
