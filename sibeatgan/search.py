@@ -366,7 +366,3 @@ def run_workers(tune: TuneConfig, base: StudentConfig, out: Path, train_group: C
         tune_worker(tune, base, out, train_group, tune.workers, callbacks)
     return write_outputs(tune, base, out)
 
-
-def member_results(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """fit's result as one dict per member (fit returns a flat dict for a single model)."""
-    return result["members"] if "members" in result else [result]

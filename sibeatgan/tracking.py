@@ -479,18 +479,6 @@ def end_trial(tracker: Tracker, state: str, value: float | None = None) -> bool:
     return tracker.finish(TRIAL_STATES[state])
 
 
-def log_training(tracker: Tracker, out: str | Path) -> None:
-    """Log a finished training folder: each epoch row of metrics.json (at its epoch) and its small files."""
-    out = Path(out)
-    summary = json.loads((out / "metrics.json").read_text())
-    for row in summary.get("history", []):
-        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-    tracker.log_metrics({"best_epoch": summary.get("best_epoch"), "best_metric": summary.get("best_metric")})
-    tracker.set_tags({k: summary[k] for k in ("criterion", "selection", "runtime") if summary.get(k) is not None})
-    tracker.log_artifact(out / "metrics.json")
-    tracker.flush()
-
-
 def plot_reconstructions(generator: Any, beats: Any, labels: Any, scores: Any, path: str | Path, classes: tuple[str, ...] | None = None,
                          n: int = 3) -> Path:
     """A PNG of normal beats (median scores) and anomalous beats (highest scores), each with its reconstruction."""

@@ -23,7 +23,7 @@ from sibeatgan.data import artifact
 from sibeatgan.data.splits import load_split
 from sibeatgan.device import Runtime
 from sibeatgan.errors import ConfigError
-from sibeatgan.search import OptunaReporter, member_results, open_study, reap_stale, run_workers, suggest, tune_worker, write_outputs
+from sibeatgan.search import OptunaReporter, open_study, reap_stale, run_workers, suggest, tune_worker, write_outputs
 from sibeatgan.train.loop import Control, FitData, FitSettings, fit
 from sibeatgan.train.members import SequentialMembers
 from sibeatgan.train.teacher import TeacherTrainer
@@ -68,7 +68,8 @@ class GroupTrainer:
                 trainers[0].G.encoder.main[0].weight.fill_(math.nan)
         slow = [Pause(self.pause_s)] if self.pause_s else []
         settings = FitSettings(epochs=configs[0].epochs, eval_batch_size=256, kind="student", member_configs=[{"seed": c.seed} for c in configs])
-        return member_results(fit(SequentialMembers(trainers), data, out, settings, [*callbacks, *slow]))
+        result = fit(SequentialMembers(trainers), data, out, settings, [*callbacks, *slow])
+        return result["members"] if "members" in result else [result]
 
 
 class Pause:
