@@ -208,3 +208,17 @@ def test_the_device_equivalence_check_passes_on_the_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["ok"] and [m["beats"] for m in result["members"]] == [64, 80]
     assert all(m["same_init"] and m["d_reinits"] == m["single_d_reinits"] for m in result["members"])
+
+
+def test_a_gpu_group_state_loads_on_the_cpu(caplog):
+    """Members' generator states from a GPU run (philox) cannot be set on CPU generators: the group goes on, and says so."""
+    x = data(128)
+    source = BatchedTeacherTrainer(1, 64, CPU, SETS, SEEDS, **ARCH)
+    source.set_train_data(x)
+    source.train_epoch()
+    state = source.state_dict()
+    state["perm_rng"] = [torch.arange(16, dtype=torch.uint8)] * 2  # philox (CUDA) generator states
+    target = BatchedTeacherTrainer(1, 64, CPU, SETS, [7, 9], **ARCH)
+    target.load_state_dict(state)
+    assert "member 1's perm_rng" in caplog.text and "another device type" in caplog.text
+    assert torch.equal(flat(target.member_states(0)), flat(source.member_states(0)))

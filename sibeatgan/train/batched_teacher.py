@@ -23,7 +23,6 @@ On CUDA the grouped kernels and the captured step are checked against single tea
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +36,7 @@ from sibeatgan.modelio import cpu_state
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.beatgan import init_spec
 from sibeatgan.models.student import adjust_bn_momentum
-from sibeatgan.train.loop import CudaGraphs, FitData, FitSettings, GeneratorCudaGraphs, MemberSplit, StepTrainer, fit
+from sibeatgan.train.loop import CudaGraphs, FitData, FitSettings, GeneratorCudaGraphs, MemberSplit, StepTrainer, fit, restore_generator
 from sibeatgan.train.teacher import LOSS_NAMES, RESUMABLE_CHANGES
 
 if TYPE_CHECKING:
@@ -248,12 +247,7 @@ class BatchedTeacherTrainer(StepTrainer):
         self.alive.copy_(state["alive"])
         for gens, key in ((self.perm_gens, "perm_rng"), (self.reinit_gens, "reinit_rng")):
             for k, (g, s) in enumerate(zip(gens, state[key])):
-                try:
-                    g.set_state(s)
-                except RuntimeError:  # saved on another device type (a GPU run resumed on the CPU, or back): as TeacherTrainer does
-                    g.manual_seed(int.from_bytes(hashlib.sha256(s.numpy().tobytes()).digest()[:8], "little") >> 1)
-                    log.warning("member %d: the %s state comes from another device type; from here on it differs from an "
-                                "uninterrupted run", k, key)
+                restore_generator(g, s, f"member {k}'s {key}")
 
 
 def _group_config(configs: list[TeacherConfig]) -> dict[str, Any]:

@@ -154,6 +154,18 @@ class StepTrainer:
             raise RuntimeError("load_state_dict after CUDA graph capture would detach the graph from the new state")
 
 
+def restore_generator(gen: torch.Generator, state: torch.Tensor, what: str) -> None:
+    """gen.set_state(state); a state saved by a generator of the other device type (a GPU run resumed on the CPU, or
+    back) cannot be set, so `gen` goes on from a seed derived from it, with a warning naming `what`."""
+    import hashlib
+
+    try:
+        gen.set_state(state)
+    except RuntimeError:
+        gen.manual_seed(int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little") >> 1)
+        log.warning("%s: its RNG state comes from another device type; draws from here on differ from an uninterrupted run", what)
+
+
 def run_step(trainer: StepTrainer) -> None:
     """The trainer's step: eagerly, or WARMUP_STEPS warm-up steps, then captured once as a CUDA graph and replayed."""
     if trainer.graphs is None:

@@ -14,7 +14,6 @@ callbacks). The core needs only torch and numpy; `run_train_teacher` loads the r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ from sibeatgan.metrics import score
 from sibeatgan.modelio import cpu_state
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.beatgan import init_spec
-from sibeatgan.train.loop import CudaGraphs, FitData, FitSettings, StepTrainer, fit
+from sibeatgan.train.loop import CudaGraphs, FitData, FitSettings, StepTrainer, fit, restore_generator
 
 if TYPE_CHECKING:
     from sibeatgan.config import TeacherConfig
@@ -181,12 +180,7 @@ class TeacherTrainer(StepTrainer):
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         restore_adam(self, state)
-        try:
-            self.perm_gen.set_state(state["perm_rng"])
-        except RuntimeError:  # saved by a generator of the other device type: continue with a seed derived from it
-            digest = hashlib.sha256(state["perm_rng"].numpy().tobytes()).digest()
-            self.perm_gen.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-            log.warning("the permutation RNG state comes from another device type; batches from here on differ from an uninterrupted run")
+        restore_generator(self.perm_gen, state["perm_rng"], "the data order")
         torch.set_rng_state(state["torch_rng"])
         if self.rt.is_cuda and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.rt.device)
