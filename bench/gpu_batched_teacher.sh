@@ -21,13 +21,9 @@ PY=${PYTHON:-python3}
 STEPS=${STEPS:-40}
 GROUP=${GROUP:-5}
 mkdir -p "$OUT"
-if [ -d .whl ] && ! "$PY" -c 'import pydantic' 2>/dev/null; then
-  "$PY" -m pip install --quiet --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")' \
-  | tee "$OUT/gpu.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/gpu.txt" 2>&1 || true
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
+gpu_env "$OUT" pydantic
 DEVICE=${DEVICE:-cuda}
 rc=0
 run() {  # name, then bench_batched.py's arguments

@@ -13,13 +13,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:?output folder}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT/paper"
-if [ -d .whl ] && ! "$PY" -c 'import pydantic, optuna' 2>/dev/null; then
-  "$PY" -m pip install --quiet --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c 'import torch, pydantic, optuna; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")' \
-  | tee "$OUT/gpu.txt"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/gpu.txt" 2>&1 || true
+# shellcheck source=bench/gpu_env.sh
+source bench/gpu_env.sh
+gpu_env "$OUT" pydantic optuna
 # shellcheck disable=SC2086
 "$PY" bench/paper.py run .device-data/beats --results bench/results/paper --out "$OUT/paper" --device cuda \
   --budget-s "${BUDGET_S:-470}" ${PAPER_ARGS:-} 2>&1 | tee "$OUT/run.log" | grep -v " epoch " | tail -n 40
