@@ -133,28 +133,32 @@ def start_pipeline_run(tracking: cfg.TrackingConfig, local_dir: Path, kfp_run_id
     return t.run_id
 
 
+def _pipeline_run_where(tracking: cfg.TrackingConfig, filter_string: str) -> str | None:
+    """The id of the first pipeline run in the experiment matching `filter_string`, or None (raises if the server fails)."""
+    from mlflow import MlflowClient
+
+    from sibeatgan.tracking import client_env, tracking_uri
+
+    client_env(tracking.http_timeout_s)
+    client = MlflowClient(tracking_uri=tracking_uri(tracking))
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string=f"{filter_string} and tags.step = 'pipeline'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
 def find_pipeline_run(tracking: cfg.TrackingConfig, kfp_run_id: str) -> str | None:
     """The MLflow run of the pipeline run `kfp_run_id` (made by `start_pipeline_run`), or None (not made, or the server
     is away: the step's run is then a top-level one)."""
     import logging
 
-    from sibeatgan.tracking import client_env, tracking_uri
-
-    client_env(tracking.http_timeout_s)
     try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri(tracking))
-        exp = client.get_experiment_by_name(tracking.experiment)
-        if exp is None:
-            return None
-        found = client.search_runs([exp.experiment_id], filter_string=f"tags.`kfp.run_id` = '{kfp_run_id}' and tags.step = 'pipeline'",
-                                   max_results=1)
+        return _pipeline_run_where(tracking, f"tags.`kfp.run_id` = '{kfp_run_id}'")
     except Exception as err:  # noqa: BLE001 - tracking never fails a step
         logging.getLogger(__name__).warning("tracking: the pipeline's MLflow run cannot be looked up (%s); this step's run is a top-level one",
                                             str(err).splitlines()[0][:200])
         return None
-    return found[0].info.run_id if found else None
 
 
 def end_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run_id: str, status: str = "FINISHED",
@@ -190,11 +194,11 @@ def close_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run
     ended = {"SUCCEEDED": "FINISHED", "CANCELLED": "KILLED"}.get(state, "FAILED")
     try:
         client = MlflowClient(tracking_uri=tracking_uri(tracking))
-        status = client.get_run(run_id).info.status
-        if status != "RUNNING":
-            return f"MLflow run {run_id} already {status}"
+        info = client.get_run(run_id).info
+        if info.status != "RUNNING":
+            return f"MLflow run {run_id} already {info.status}"
         # step runs left RUNNING under it (the study's, ended only by best-config) end with it
-        left = client.search_runs([client.get_run(run_id).info.experiment_id],
+        left = client.search_runs([info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'")
         for child in left:
             client.set_terminated(child.info.run_id, ended)
@@ -210,14 +214,4 @@ def close_pipeline_run(tracking: cfg.TrackingConfig | None, local_dir: Path, run
 
 def find_local_pipeline_run(tracking: cfg.TrackingConfig, local_run: str) -> str | None:
     """The MLflow run that the start-run task of the local pipeline run `local_run` made, or None."""
-    from mlflow import MlflowClient
-
-    from sibeatgan.tracking import client_env, tracking_uri
-
-    client_env(tracking.http_timeout_s)
-    client = MlflowClient(tracking_uri=tracking_uri(tracking))
-    exp = client.get_experiment_by_name(tracking.experiment)
-    if exp is None:
-        return None
-    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{LOCAL_RUN_TAG}` = '{local_run}'", max_results=1)
-    return found[0].info.run_id if found else None
+    return _pipeline_run_where(tracking, f"tags.`{LOCAL_RUN_TAG}` = '{local_run}'")
