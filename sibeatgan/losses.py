@@ -133,6 +133,13 @@ def mse_trailing(a: torch.Tensor, b: torch.Tensor, dims: int) -> torch.Tensor:
     return (a.float() - b.float()).pow(2).mean(dim=tuple(range(-dims, 0)))
 
 
+def discriminator_loss_trailing(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
+    """DiscriminatorLoss reduced over the last dimension only: (K, b) logits of K members give (K,) losses, in float32."""
+    real, fake = logit_real.float(), logit_fake.float()
+    bce = F.binary_cross_entropy_with_logits
+    return bce(real, torch.ones_like(real), reduction="none").mean(-1) + bce(fake, torch.zeros_like(fake), reduction="none").mean(-1)
+
+
 class StudentLossOutput(NamedTuple):
     """Every term of the student's objective; each of shape () for one model or (K,) for K members."""
 

@@ -32,6 +32,7 @@ import torch
 
 from sibeatgan.card import ThresholdPolicy
 from sibeatgan.device import Runtime
+from sibeatgan.losses import discriminator_loss_trailing, mse_trailing
 from sibeatgan.modelio import cpu_state
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.beatgan import init_spec
@@ -171,13 +172,11 @@ class BatchedTeacherTrainer(StepTrainer):
         on = self.active & self.alive & (self.step_i < self.member_steps)
         running = [t.clone() for t in bn_running(self.G) + bn_running(self.D)]
         cache = not isinstance(self.graphs, CudaGraphs)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits
         with self.rt.autocast(cache):
             fake = self.G(x).reconstruction
-            logit_real = to_members(self.D.head(self.D.features(x)), k).reshape(k, b).float()
-            logit_fake = to_members(self.D.head(self.D.features(fake.detach())), k).reshape(k, b).float()
-        err_d = (bce(logit_real, torch.ones_like(logit_real), reduction="none").mean(-1)
-                 + bce(logit_fake, torch.zeros_like(logit_fake), reduction="none").mean(-1))
+            logit_real = to_members(self.D.head(self.D.features(x)), k).reshape(k, b)
+            logit_fake = to_members(self.D.head(self.D.features(fake.detach())), k).reshape(k, b)
+        err_d = discriminator_loss_trailing(logit_real, logit_fake)
         self.opt_d.zero_grad()
         err_d.sum().backward()
         self.opt_d.step(on & torch.isfinite(err_d))
@@ -185,8 +184,8 @@ class BatchedTeacherTrainer(StepTrainer):
             with torch.no_grad():
                 features_real = self.D.features(x)
             features_fake = self.D.features(fake)
-        rec = (to_members(fake, k).float() - xm).pow(2).flatten(1).mean(-1)
-        fm = (to_members(features_fake, k).float() - to_members(features_real, k).float()).pow(2).flatten(1).mean(-1)
+        rec = mse_trailing(to_members(fake, k), xm, 3)
+        fm = mse_trailing(to_members(features_fake, k), to_members(features_real, k), 3)
         total = rec + self.lambda_fm * fm
         self.opt_g.zero_grad()
         torch.autograd.backward(total.sum(), inputs=self.g_params)

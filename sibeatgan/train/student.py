@@ -21,7 +21,7 @@ from sibeatgan.augment import AugmentConfig, apply_drawn, augment, draw
 from sibeatgan.device import Runtime
 from sibeatgan.metrics import latent_gap
 from sibeatgan.metrics import score as reconstruction_score
-from sibeatgan.losses import DiscriminatorLoss, StudentLoss, StudentLossOutput
+from sibeatgan.losses import DiscriminatorLoss, StudentLoss, StudentLossOutput, discriminator_loss_trailing
 from sibeatgan.models import Discriminator, Generator
 from sibeatgan.models.student import ProjectionHead, adjust_bn_momentum, batch_stats_only, encoder_stages, freeze
 from sibeatgan.train.checkpoint import cpu_state
@@ -346,9 +346,7 @@ class BatchedStudentTrainer(DistillTrainer):
                 rec, code = self.G(x)
             logit_real = to_members(self.D.head(self.D.features(x)), k).reshape(k, b)
             logit_fake = to_members(self.D.head(self.D.features(rec.detach())), k).reshape(k, b)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits  # per member: reduction over the batch only
-        err_d = (bce(logit_real.float(), torch.ones_like(logit_real.float()), reduction="none").mean(-1)
-                 + bce(logit_fake.float(), torch.zeros_like(logit_fake.float()), reduction="none").mean(-1))
+        err_d = discriminator_loss_trailing(logit_real, logit_fake)  # per member: reduction over the batch only
         self.opt_d.zero_grad()
         err_d.sum().backward()
         ok_d = self.active & self.alive & torch.isfinite(err_d)
